@@ -1,0 +1,1 @@
+"""Pure-Python twins of the compiled datapath modules: same API, readable reference, slow."""
