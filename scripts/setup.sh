@@ -11,7 +11,7 @@ PYTHON="${PYTHON:-python3}"
 declare -A DEB=(
     [ip]=iproute2 [tc]=iproute2 [ss]=iproute2 [nft]=nftables [iperf3]=iperf3
     [mptcpize]=mptcpize [ethtool]=ethtool [tshark]=tshark [tcpdump]=tcpdump
-    [curl]=curl [gcc]=gcc [modprobe]=kmod
+    [curl]=curl [gcc]=gcc [ping]=iputils-ping [nstat]=iproute2
 )
 
 log() { printf 'mptun setup: %s\n' "$*" >&2; }

@@ -1,0 +1,5 @@
+import sys
+
+from mptun.cli import main
+
+sys.exit(main())

@@ -1,0 +1,532 @@
+"""An emulated multi-path network in namespaces: client ==N paths== router -- server.
+
+Each path is client eth<i> -- [link namespace: delay line or wire, tbf rate both
+ways] -- router p<i>; loss is an nftables `numgen random` rule in the router.
+Everything a lab creates lives in namespaces named after it, is recorded in a
+state file, and `Lab.down()` / `teardown(name)` removes it, also after a crash.
+Addresses come only from 198.18.0.0/15 and 2001:2::/48.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+
+from pyroute2 import IPRoute, NetNS
+from pyroute2 import netns as pr_netns
+
+from mptun.lab.netns import LabError, exists, list_namespaces, pids_in, run, sysctl, sysctls
+
+STATE_DIR = "/run/mptun/lab"
+MAX_PATHS = 16
+SERVER_NET = 100           # 198.18.100.0/24 and 2001:2:0:100::/64: router <-> server
+ETH_P_ALL = 0x0003
+MIN_QUEUE_BYTES = 64 * 1024
+
+
+# ---------------------------------------------------------------- specification
+
+@dataclass(frozen=True)
+class Direction:
+    """Shaping of one direction of a path. None / 0 means 'not shaped'."""
+
+    rate_mbit: float | None = None
+    delay_ms: float = 0.0
+    loss_pct: float = 0.0
+    queue_bytes: int | None = None   # tbf limit; default: 50 ms at the rate, at least 64 KB
+
+    def __post_init__(self):
+        if self.rate_mbit is not None and not self.rate_mbit > 0:
+            raise ValueError(f"rate must be positive, not {self.rate_mbit}")
+        if not 0 <= self.delay_ms <= 10_000:
+            raise ValueError(f"delay must be within 0..10000 ms, not {self.delay_ms}")
+        if not 0 <= self.loss_pct <= 100:
+            raise ValueError(f"loss must be within 0..100 %, not {self.loss_pct}")
+        if self.queue_bytes is not None and self.queue_bytes < 1500:
+            raise ValueError(f"queue must hold at least one packet (1500 bytes), not {self.queue_bytes}")
+
+    @property
+    def tbf_limit(self) -> int:
+        if self.queue_bytes is not None:
+            return self.queue_bytes
+        assert self.rate_mbit is not None
+        return max(MIN_QUEUE_BYTES, int(self.rate_mbit * 1e6 / 8 * 0.050))
+
+    @property
+    def tbf_burst(self) -> int:
+        # Small enough that a transfer never runs measurably above the rate,
+        # large enough for the timer granularity (4 ms worth) and one GSO-less frame.
+        assert self.rate_mbit is not None
+        return max(16 * 1024, int(self.rate_mbit * 1e6 / 8 * 0.004))
+
+
+@dataclass(frozen=True)
+class PathSpec:
+    """One path between client and router: `up` is client->server, `down` server->client."""
+
+    up: Direction = field(default_factory=Direction)
+    down: Direction = field(default_factory=Direction)
+
+    @classmethod
+    def symmetric(cls, rate_mbit=None, delay_ms=0.0, loss_pct=0.0, queue_bytes=None) -> PathSpec:
+        d = Direction(rate_mbit, delay_ms, loss_pct, queue_bytes)
+        return cls(up=d, down=d)
+
+    @classmethod
+    def parse(cls, text: str) -> PathSpec:
+        """Parse 'rate=100mbit,delay=10ms,loss=1%,queue=200kb'; prefix a key with
+        up- or down- to set one direction only (e.g. 'rate=50,up-rate=10')."""
+        both: dict = {}
+        per = {"up": {}, "down": {}}
+        for item in filter(None, (s.strip() for s in text.split(","))):
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"path option {item!r}: expected key=value")
+            target = both
+            for d in ("up", "down"):
+                if key.startswith(d + "-"):
+                    target, key = per[d], key[len(d) + 1:]
+            if key not in _PARSERS:
+                raise ValueError(f"path option {key!r}: expected one of {', '.join(_PARSERS)}")
+            name, conv = _PARSERS[key]
+            target[name] = conv(value)
+        return cls(up=Direction(**{**both, **per["up"]}), down=Direction(**{**both, **per["down"]}))
+
+    def describe(self) -> str:
+        def one(d: Direction) -> str:
+            parts = [f"{d.rate_mbit:g} Mbit/s" if d.rate_mbit else "unlimited"]
+            if d.delay_ms:
+                parts.append(f"{d.delay_ms:g} ms")
+            if d.loss_pct:
+                parts.append(f"{d.loss_pct:g}% loss")
+            return " ".join(parts)
+        u, d = one(self.up), one(self.down)
+        return u if u == d else f"up {u}, down {d}"
+
+
+def _number(value: str, units: dict[str, float]) -> float:
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z%/]*)\s*", value)
+    if not m:
+        raise ValueError(f"not a number: {value!r}")
+    unit = m.group(2).lower()
+    if unit not in units:
+        raise ValueError(f"unknown unit {m.group(2)!r} in {value!r} (use {', '.join(u for u in units if u)})")
+    return float(m.group(1)) * units[unit]
+
+
+_PARSERS = {
+    "rate": ("rate_mbit", lambda v: _number(v, {"": 1, "mbit": 1, "mbps": 1, "gbit": 1000, "kbit": 0.001})),
+    "delay": ("delay_ms", lambda v: _number(v, {"": 1, "ms": 1, "s": 1000, "us": 0.001})),
+    "loss": ("loss_pct", lambda v: _number(v, {"": 1, "%": 1})),
+    "queue": ("queue_bytes", lambda v: int(_number(v, {"": 1, "b": 1, "kb": 1000, "k": 1000,
+                                                      "mb": 1e6, "m": 1e6, "pkt": 1500, "pkts": 1500}))),
+}
+
+
+# ---------------------------------------------------------------- addressing
+
+def path_addrs(i: int) -> dict[str, str]:
+    """Addresses of path i: client and router ends, IPv4 /24 and IPv6 /64."""
+    n = i + 1
+    return {"client4": f"198.18.{n}.2", "router4": f"198.18.{n}.1",
+            "client6": f"2001:2:0:{n}::2", "router6": f"2001:2:0:{n}::1"}
+
+
+SERVER4, SERVER_GW4 = f"198.18.{SERVER_NET}.2", f"198.18.{SERVER_NET}.1"
+SERVER6, SERVER_GW6 = f"2001:2:0:{SERVER_NET}::2", f"2001:2:0:{SERVER_NET}::1"
+
+
+def new_name(prefix: str = "mpt") -> str:
+    """A lab name unique enough to run many labs side by side."""
+    return f"{prefix}-{secrets.token_hex(3)}"
+
+
+_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_-]{0,23}$")
+
+
+# ---------------------------------------------------------------- the lab
+
+@dataclass
+class LabState:
+    name: str
+    paths: list[dict]
+    namespaces: list[str] = field(default_factory=list)
+    pids: list[dict] = field(default_factory=list)   # {"pid":, "ns":, "what":}
+    root_links: list[str] = field(default_factory=list)  # transient root-ns veth names
+    cc: str | None = None
+
+    def save(self) -> None:
+        os.makedirs(STATE_DIR, exist_ok=True)
+        tmp = state_path(self.name) + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(asdict(self), f, indent=1)
+        os.replace(tmp, state_path(self.name))
+
+
+def state_path(name: str) -> str:
+    return os.path.join(STATE_DIR, f"{name}.json")
+
+
+class Lab:
+    """A running emulated network. Use as a context manager, or call up() and down().
+
+    Namespaces: <name>-cli (the multi-homed client, interfaces eth0..ethN-1),
+    <name>-l<i> (path i's link), <name>-rtr, <name>-srv (interface eth0).
+    """
+
+    def __init__(self, paths: list[PathSpec], name: str | None = None, *, cc: str | None = None,
+                 source_routing: bool = False):
+        if not paths:
+            raise ValueError("a lab needs at least one path")
+        if len(paths) > MAX_PATHS:
+            raise ValueError(f"at most {MAX_PATHS} paths")
+        self.name = name or new_name()
+        if not _NAME_RE.match(self.name):
+            raise ValueError(f"lab name {self.name!r}: letters, digits, - and _ only, at most 24 characters")
+        self.paths = list(paths)
+        self.cc = cc
+        self.source_routing = source_routing
+        self.client = f"{self.name}-cli"
+        self.router = f"{self.name}-rtr"
+        self.server = f"{self.name}-srv"
+        self.links = [f"{self.name}-l{i}" for i in range(len(paths))]
+        self.state = LabState(self.name, [asdict(p) for p in paths], cc=cc)
+        self._delaylines: list = []
+        self._up = False
+
+    # -- public facts
+
+    server_addr = SERVER4
+    server_addr6 = SERVER6
+
+    def client_iface(self, i: int) -> str:
+        return f"eth{i}"
+
+    def client_addr(self, i: int, v6: bool = False) -> str:
+        return path_addrs(i)["client6" if v6 else "client4"]
+
+    # -- lifecycle
+
+    def __enter__(self) -> Lab:
+        self.up()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.down()
+
+    def up(self) -> Lab:
+        if os.geteuid() != 0:
+            raise LabError("the lab needs root (network namespaces, veth, tc)")
+        if os.path.exists(state_path(self.name)) or exists(self.client):
+            raise LabError(f"a lab named {self.name!r} exists already; `mptun lab down {self.name}` removes it")
+        self.state.save()
+        try:
+            self._build()
+        except BaseException:
+            self.down()
+            raise
+        self._up = True
+        return self
+
+    def down(self) -> None:
+        for dl in self._delaylines:
+            try:
+                dl.stop()
+            except Exception:
+                pass
+        self._delaylines.clear()
+        teardown(self.name)
+        self._up = False
+
+    # -- building
+
+    def _ns_create(self, ns: str) -> None:
+        pr_netns.create(ns)
+        self.state.namespaces.append(ns)
+        self.state.save()
+        run(ns, ["ip", "link", "set", "lo", "up"])
+
+    def _veth(self, ns_a: str, name_a: str, ns_b: str, name_b: str) -> None:
+        """A veth pair with end name_a in ns_a and name_b in ns_b."""
+        tmp = f"mt{secrets.token_hex(5)}"
+        self.state.root_links.append(tmp)
+        self.state.save()
+        with IPRoute() as ip:
+            ip.link("add", ifname=tmp, kind="veth", peer={"ifname": name_b, "net_ns_fd": ns_b})
+            ip.link("set", index=ip.link_lookup(ifname=tmp)[0], net_ns_fd=ns_a)
+        with NetNS(ns_a) as n:
+            n.link("set", index=n.link_lookup(ifname=tmp)[0], ifname=name_a)
+        self.state.root_links.remove(tmp)
+        self.state.save()
+
+    def _build(self) -> None:
+        for ns in (self.client, self.router, self.server, *self.links):
+            self._ns_create(ns)
+        for ns in (self.client, self.router, self.server):
+            if self.cc:
+                self._set_cc(ns)
+            sysctls(ns, {
+                # Big enough for the bandwidth-delay products a lab can be given.
+                "net.ipv4.tcp_rmem": "4096 131072 33554432",
+                "net.ipv4.tcp_wmem": "4096 65536 33554432",
+                # The lab's addresses are static; duplicate address detection only delays IPv6.
+                "net.ipv6.conf.default.accept_dad": 0,
+                "net.ipv6.conf.all.accept_dad": 0,
+            })
+        sysctls(self.router, {"net.ipv4.ip_forward": 1, "net.ipv6.conf.all.forwarding": 1})
+
+        self._veth(self.router, "srv", self.server, "eth0")
+        for i, link in enumerate(self.links):
+            self._veth(self.client, self.client_iface(i), link, "toc")
+            self._veth(link, "tor", self.router, f"p{i}")
+
+        with NetNS(self.server) as s:
+            eth0 = s.link_lookup(ifname="eth0")[0]
+            s.link("set", index=eth0, state="up")
+            s.addr("add", index=eth0, address=SERVER4, prefixlen=24)
+            s.addr("add", index=eth0, address=SERVER6, prefixlen=64)
+            s.route("add", dst="0.0.0.0/0", gateway=SERVER_GW4)
+            s.route("add", dst="::/0", gateway=SERVER_GW6, family=10)
+        # veth marks packets as checksum-verified; turning receive checksumming
+        # off on the server makes it verify every TCP checksum it gets, so a
+        # datapath that writes a wrong one is caught in the lab.
+        run(self.server, ["ethtool", "-K", "eth0", "rx", "off"])
+
+        with NetNS(self.router) as r:
+            srv = r.link_lookup(ifname="srv")[0]
+            r.link("set", index=srv, state="up")
+            r.addr("add", index=srv, address=SERVER_GW4, prefixlen=24)
+            r.addr("add", index=srv, address=SERVER_GW6, prefixlen=64)
+            for i in range(len(self.paths)):
+                a = path_addrs(i)
+                p = r.link_lookup(ifname=f"p{i}")[0]
+                r.link("set", index=p, state="up")
+                r.addr("add", index=p, address=a["router4"], prefixlen=24)
+                r.addr("add", index=p, address=a["router6"], prefixlen=64)
+
+        with NetNS(self.client) as c:
+            for i in range(len(self.paths)):
+                a = path_addrs(i)
+                idx = c.link_lookup(ifname=self.client_iface(i))[0]
+                c.link("set", index=idx, state="up")
+                c.addr("add", index=idx, address=a["client4"], prefixlen=24)
+                c.addr("add", index=idx, address=a["client6"], prefixlen=64)
+                # A laptop with several uplinks: one default route per interface,
+                # the first path preferred.
+                c.route("add", dst="0.0.0.0/0", gateway=a["router4"], oif=idx, priority=100 + i)
+                c.route("add", dst="::/0", gateway=a["router6"], oif=idx, priority=100 + i, family=10)
+        if self.source_routing:
+            self.enable_source_routing()
+
+        for i, (spec, link) in enumerate(zip(self.paths, self.links)):
+            self._build_link(i, spec, link)
+        self._build_loss()
+
+    def _set_cc(self, ns: str) -> None:
+        try:
+            sysctl(ns, "net.ipv4.tcp_congestion_control", self.cc)
+        except LabError:
+            # A namespace may only pick from the host's allowed list.
+            with open("/proc/sys/net/ipv4/tcp_allowed_congestion_control") as f:
+                allowed = f.read().split()
+            raise LabError(f"congestion control {self.cc!r} is not allowed in namespaces here "
+                           f"(net.ipv4.tcp_allowed_congestion_control = {' '.join(allowed)}); "
+                           f"pick one of those, or set it per socket (iperf3 -C {self.cc})") from None
+
+    def _build_link(self, i: int, spec: PathSpec, link: str) -> None:
+        with NetNS(link) as n:
+            toc = n.link_lookup(ifname="toc")[0]
+            tor = n.link_lookup(ifname="tor")[0]
+            for idx in (toc, tor):
+                n.link("set", index=idx, state="up")
+            # rate: tbf on the egress of each direction (up leaves via tor, down via toc)
+            for idx, d in ((tor, spec.up), (toc, spec.down)):
+                if d.rate_mbit:
+                    n.tc("add", "tbf", index=idx, handle="1:", rate=f"{int(d.rate_mbit * 1e6)}bit",
+                         burst=d.tbf_burst, limit=d.tbf_limit)
+            if not (spec.up.delay_ms or spec.down.delay_ms):
+                # No delay: a kernel wire (ingress redirect), the fastest forwarder.
+                for src, dst in ((toc, tor), (tor, toc)):
+                    n.tc("add", "ingress", index=src)
+                    n.tc("add-filter", "u32", index=src, parent="ffff:", protocol=ETH_P_ALL, prio=1,
+                         keys=["0x0/0x0+0"], target=0x10001,
+                         action={"kind": "mirred", "direction": "egress", "action": "redirect",
+                                 "ifindex": dst})
+        if spec.up.delay_ms or spec.down.delay_ms:
+            from mptun.lab.delayline import start_delayline
+
+            # The delay line reads super-packets: GRO on both of its interfaces.
+            for dev in ("toc", "tor"):
+                run(link, ["ethtool", "-K", dev, "gro", "on"])
+            dl = start_delayline(link, "toc", "tor", spec.up.delay_ms, spec.down.delay_ms)
+            self._delaylines.append(dl)
+            self.state.pids.append({"pid": dl.pid, "ns": link, "what": "mptun.lab.delayline"})
+            self.state.save()
+        # Loss is applied to single segments: a dropped 64 KB super-packet would
+        # be a burst of 45 losses. So lossy directions are segmented by their sender.
+        if spec.up.loss_pct:
+            run(self.client, ["ethtool", "-K", self.client_iface(i), "tso", "off", "gso", "off"])
+        if spec.down.loss_pct:
+            run(self.server, ["ethtool", "-K", "eth0", "tso", "off", "gso", "off"])
+            run(self.router, ["ethtool", "-K", "srv", "gro", "off"])
+
+    def _build_loss(self) -> None:
+        rules = []
+        for i, spec in enumerate(self.paths):
+            for d, match in ((spec.up, "iifname"), (spec.down, "oifname")):
+                if d.loss_pct:
+                    per_million = int(round(d.loss_pct * 10_000))
+                    rules.append(f'    {match} "p{i}" numgen random mod 1000000 < {per_million} '
+                                 f'counter drop comment "p{i} {"up" if match == "iifname" else "down"}"')
+        if not rules:
+            return
+        ruleset = ("table inet mptun_lab {\n  chain forward {\n"
+                   "    type filter hook forward priority 0; policy accept;\n"
+                   + "\n".join(rules) + "\n  }\n}\n")
+        run(self.router, ["nft", "-f", "-"], input=ruleset)
+
+    # -- optional setups used by tests and the demo
+
+    def enable_source_routing(self) -> None:
+        """Per-interface routing tables on the client, so a socket bound to path i's
+        address leaves through path i (what the kernel's MPTCP needs for subflows)."""
+        with NetNS(self.client) as c:
+            for i in range(len(self.paths)):
+                a = path_addrs(i)
+                idx = c.link_lookup(ifname=self.client_iface(i))[0]
+                table = 100 + i
+                c.route("add", dst="0.0.0.0/0", gateway=a["router4"], oif=idx, table=table)
+                c.route("add", dst="::/0", gateway=a["router6"], oif=idx, table=table, family=10)
+                c.rule("add", src=a["client4"], src_len=32, table=table, priority=1000 + i)
+                c.rule("add", src=a["client6"], src_len=128, table=table, priority=1000 + i, family=10)
+
+    def enable_kernel_mptcp(self) -> None:
+        """Configure the kernel's own MPTCP path manager: one subflow endpoint per extra
+        client interface, limits on both ends. Needs source routing."""
+        n = len(self.paths)
+        limit = max(2, n)
+        for ns in (self.client, self.server):
+            run(ns, ["ip", "mptcp", "limits", "set", "subflows", str(limit), "add_addr_accepted", str(limit)])
+        for i in range(1, n):
+            run(self.client, ["ip", "mptcp", "endpoint", "add", self.client_addr(i),
+                              "dev", self.client_iface(i), "subflow"])
+
+    # -- observation
+
+    def path_counters(self, i: int) -> dict[str, int]:
+        """Bytes and packets that crossed path i, from the router's interface counters."""
+        with NetNS(self.router) as r:
+            link = r.get_links(r.link_lookup(ifname=f"p{i}")[0])[0]
+            st = link.get_attr("IFLA_STATS64")
+            return {"up_bytes": st["rx_bytes"], "down_bytes": st["tx_bytes"],
+                    "up_packets": st["rx_packets"], "down_packets": st["tx_packets"]}
+
+    def loss_counters(self) -> dict[str, int]:
+        """Packets dropped by each loss rule, keyed 'p<i> up' / 'p<i> down'."""
+        proc = run(self.router, ["nft", "-j", "list", "table", "inet", "mptun_lab"], check=False)
+        out: dict[str, int] = {}
+        if proc.returncode != 0:
+            return out
+        for item in json.loads(proc.stdout).get("nftables", []):
+            rule = item.get("rule")
+            if not rule:
+                continue
+            for expr in rule.get("expr", []):
+                if "counter" in expr:
+                    out[rule.get("comment", "?")] = expr["counter"]["packets"]
+        return out
+
+    def delayline_stats(self) -> list[dict]:
+        return [dl.stats() for dl in self._delaylines if hasattr(dl, "stats")]
+
+    def describe(self) -> str:
+        lines = [f"lab {self.name}: client {self.client}, router {self.router}, server {self.server} "
+                 f"({SERVER4}, {SERVER6})"]
+        for i, spec in enumerate(self.paths):
+            lines.append(f"  path {i}: client {self.client_iface(i)} {self.client_addr(i)} "
+                         f"-- {self.links[i]} -- router p{i}: {spec.describe()}")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- teardown
+
+def _kill(pid: int, what: str) -> None:
+    """SIGTERM, then SIGKILL, a process the lab started, checked by its command line."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if what.encode() not in f.read():
+                return  # the pid was reused by something else: not ours
+    except FileNotFoundError:
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    for _ in range(50):
+        if not os.path.exists(f"/proc/{pid}"):
+            return
+        try:
+            # reap if it is our child
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return
+        except ChildProcessError:
+            pass
+        time.sleep(0.02)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def teardown(name: str) -> list[str]:
+    """Remove everything lab `name` created (by its state file and by its names).
+
+    Returns what was removed. Safe to call twice, and after the creator crashed.
+    """
+    removed: list[str] = []
+    state = None
+    try:
+        with open(state_path(name)) as f:
+            state = json.load(f)
+    except (FileNotFoundError, json.JSONDecodeError):
+        pass
+    namespaces = set(list_namespaces(prefix=f"{name}-"))
+    namespaces = {n for n in namespaces if re.fullmatch(re.escape(name) + r"-(cli|rtr|srv|l\d+)", n)}
+    if state:
+        namespaces |= {n for n in state.get("namespaces", []) if exists(n)}
+        for p in state.get("pids", []):
+            _kill(p["pid"], p["what"])
+        for link in state.get("root_links", []):
+            if run(None, ["ip", "link", "del", link], check=False).returncode == 0:
+                removed.append(link)
+    for ns in sorted(namespaces):
+        # Anything still running in the lab's namespaces was started for the lab
+        # (servers, clients, delay lines): it would keep the namespace's devices alive.
+        for pid in pids_in(ns):
+            if pid != os.getpid():
+                _kill(pid, "")
+        try:
+            pr_netns.remove(ns)
+            removed.append(ns)
+        except OSError:
+            pass
+    try:
+        os.unlink(state_path(name))
+    except FileNotFoundError:
+        pass
+    return removed
+
+
+def list_labs() -> list[str]:
+    try:
+        names = {f[:-5] for f in os.listdir(STATE_DIR) if f.endswith(".json")}
+    except FileNotFoundError:
+        names = set()
+    names |= {m.group(1) for n in list_namespaces()
+              if (m := re.fullmatch(r"(.+)-cli", n))}
+    return sorted(names)
