@@ -184,26 +184,6 @@ def test_teardown_after_the_creator_was_killed():
         teardown(name)
 
 
-def test_bad_specs_are_refused_before_anything_is_built():
-    with pytest.raises(ValueError):
-        PathSpec.parse("rate=fast")
-    with pytest.raises(ValueError):
-        PathSpec.parse("loss=150")
-    with pytest.raises(ValueError):
-        PathSpec.parse("jitter=5ms")
-    with pytest.raises(ValueError):
-        Lab([])
-    with pytest.raises(ValueError):
-        Lab([PathSpec()], name="bad name!")
-
-
-def test_path_spec_parsing():
-    p = PathSpec.parse("rate=50mbit,delay=10ms,loss=0.5%,queue=100kb,up-rate=10")
-    assert p.down == Direction(50, 10, 0.5, 100_000)
-    assert p.up == Direction(10, 10, 0.5, 100_000)
-    assert PathSpec.parse("rate=1gbit").up.rate_mbit == 1000
-
-
 def test_a_second_lab_with_the_same_name_is_refused(make_lab):
     lab = make_lab([PathSpec()])
     with pytest.raises(LabError, match="exists already"):
