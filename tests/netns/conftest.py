@@ -1,12 +1,13 @@
 """Fixtures of the netns tier: labs with names unique to this test run, always torn down."""
 
 import os
+import re
 import secrets
 
 import pytest
 
 from mptun.lab import Lab, teardown
-from mptun.lab.netns import list_namespaces
+from mptun.lab.netns import list_namespaces, run
 from tests.conftest import require_commands, require_root
 
 # Every lab of this run is named mpt-t<RUN>-<n>, so a final sweep finds leftovers.
@@ -18,9 +19,40 @@ def lab_name() -> str:
     return f"mpt-t{RUN_ID}-{next(_counter)}"
 
 
+ARTIFACTS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                         "artifacts")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    rep = yield
+    setattr(item, f"rep_{rep.when}", rep)
+    return rep
+
+
+def _save_state(lab, test_name: str) -> str:
+    """What the kernels saw when a test failed: sockets, MPTCP counters, qdiscs, loss counters."""
+    folder = os.path.join(ARTIFACTS, re.sub(r"[^\w.-]+", "_", test_name))
+    os.makedirs(folder, exist_ok=True)
+    commands = {
+        "ss": ["ss", "-tniaM"], "mptcp-endpoints": ["ip", "mptcp", "endpoint", "show"],
+        "nstat": ["nstat", "-az"], "addr": ["ip", "addr"], "route": ["ip", "route", "show", "table", "all"],
+        "rule": ["ip", "rule"], "tc": ["tc", "-s", "qdisc"], "nft": ["nft", "list", "ruleset"],
+    }
+    for ns in (lab.client, lab.router, lab.server, *lab.links):
+        with open(os.path.join(folder, f"{ns}.txt"), "w") as f:
+            for title, argv in commands.items():
+                out = run(ns, argv, check=False)
+                f.write(f"### {title}\n{out.stdout}{out.stderr}\n")
+    return folder
+
+
 @pytest.fixture
-def make_lab():
-    """make_lab(paths, **kw) -> a running Lab, removed after the test whatever happens."""
+def make_lab(request):
+    """make_lab(paths, **kw) -> a running Lab, removed after the test whatever happens.
+
+    When the test fails, the state of every namespace is saved under artifacts/<test>/ first.
+    """
     require_root()
     require_commands("ip", "tc", "nft", "ethtool")
     labs = []
@@ -31,7 +63,13 @@ def make_lab():
         return lab.up()
 
     yield make
+    rep = getattr(request.node, "rep_call", None)
     for lab in labs:
+        if rep is not None and rep.failed and lab.state.namespaces:
+            try:
+                print(f"lab state saved in {_save_state(lab, request.node.name)}")
+            except Exception as e:  # saving evidence must not hide the failure
+                print(f"could not save lab state: {e}")
         lab.down()
 
 
