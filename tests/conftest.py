@@ -8,7 +8,7 @@ import pytest
 from mptun import impl
 
 
-@pytest.fixture(params=impl.KINDS)
+@pytest.fixture(scope="session", params=impl.KINDS)
 def impl_kind(request):
     """Runs a test once on the compiled datapath and once on its pure-Python twin."""
     return request.param
