@@ -42,9 +42,10 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
 fi
 
-# Rebuild when any source of the package or the build changed since the last install.
+# Rebuild when the compiled sources or the build changed since the last install
+# (the install is editable: Python files are used in place).
 stamp="$VENV/.mptun-build-stamp"
-digest=$(cd "$ROOT" && find pyproject.toml setup.py src mptun -type f \
+digest=$(cd "$ROOT" && find pyproject.toml setup.py src -type f \
     \( -name '*.py' -o -name '*.pyx' -o -name '*.pxd' -o -name '*.h' -o -name '*.toml' \) \
     -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ]; then
