@@ -1,0 +1,387 @@
+"""The plan: a pure function from a NetConfig and the discovered Host to the ordered
+list of operations `mptun up` performs.
+
+Each operation is a small frozen value that says what to create, how to describe it,
+and (by its kind) how to take it back; apply.py performs them. Nothing here touches
+the system, so every decision is tested without root (tests/unit/test_netcfg_plan.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import ClassVar
+
+from mptun.netcfg.capture import INGRESS_FILTER_PARENT, capture_keys, port_blocks
+from mptun.netcfg.config import IPV4_TCP_HEADERS, NetConfig
+from mptun.netcfg.errors import NetcfgError
+from mptun.netcfg.interfaces import RESERVED_PORTS, Host
+
+IFF_TUN = 0x0001
+IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
+IFF_TUN_EXCL = 0x8000   # fail if the device exists: never attach to someone else's TUN
+TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6 = 0x01, 0x02, 0x04
+IPPROTO_TCP = 6
+RT_TABLE_MAIN = 254
+
+
+# ---------------------------------------------------------------- operations
+
+_KINDS: dict[str, type[Op]] = {}
+
+
+@dataclass(frozen=True)
+class Op:
+    """One step of `mptun up`. `journaled`: its undo is written before it runs;
+    False for settings of the TUN itself, which vanish with the device."""
+
+    kind: ClassVar[str] = ""
+    journaled: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        _KINDS[cls.kind] = cls
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, **asdict(self)}
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+
+def op_from_json(d: dict) -> Op:
+    cls = _KINDS[d["kind"]]
+    # Fields a journal does not have (written by an older mptun) take their defaults.
+    return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+
+@dataclass(frozen=True)
+class SetSysctl(Op):
+    """A namespace-wide sysctl; undo writes `old` back (removing only what we added)."""
+
+    kind: ClassVar[str] = "sysctl"
+    key: str
+    old: str
+    new: str
+
+    def describe(self) -> str:
+        return f"sysctl {self.key} = {self.new!r} (was {self.old!r})"
+
+
+@dataclass(frozen=True)
+class CreateTun(Op):
+    kind: ClassVar[str] = "tun"
+    name: str
+    flags: int
+    vnet_hdr_size: int
+    offload: int
+
+    def describe(self) -> str:
+        return (f"create TUN {self.name} (IFF_TUN|IFF_NO_PI|IFF_VNET_HDR, not persistent), "
+                f"vnet header {self.vnet_hdr_size} bytes, offload {self.offload:#x} (CSUM|TSO4|TSO6)")
+
+
+@dataclass(frozen=True)
+class SetDeviceSysctl(Op):
+    """A per-device sysctl of the TUN: gone with the device."""
+
+    kind: ClassVar[str] = "device_sysctl"
+    journaled: ClassVar[bool] = False
+    key: str
+    value: str
+
+    def describe(self) -> str:
+        return f"sysctl {self.key} = {self.value}"
+
+
+@dataclass(frozen=True)
+class SetLink(Op):
+    kind: ClassVar[str] = "link"
+    journaled: ClassVar[bool] = False
+    name: str
+    mtu: int | None = None
+    txqueuelen: int | None = None
+    up: bool = False
+
+    def describe(self) -> str:
+        parts = [f"mtu {self.mtu}" if self.mtu else "", f"txqueuelen {self.txqueuelen}" if self.txqueuelen else "",
+                 "up" if self.up else ""]
+        return f"link {self.name} " + " ".join(p for p in parts if p)
+
+
+@dataclass(frozen=True)
+class AddAddress(Op):
+    kind: ClassVar[str] = "addr"
+    journaled: ClassVar[bool] = False
+    dev: str
+    address: str          # "198.19.0.1/32"
+
+    def describe(self) -> str:
+        return f"address {self.address} on {self.dev}"
+
+
+@dataclass(frozen=True)
+class AddRoute(Op):
+    kind: ClassVar[str] = "route"
+    table: int
+    dst: str              # "0.0.0.0/0"
+    type: str = "unicast"  # or "throw": lookup in this table stops, the next rule is tried
+    dev: str | None = None
+    gateway: str | None = None
+    src: str | None = None
+    scope: str = "universe"   # or "link"
+    mtu: int | None = None
+    advmss: int | None = None
+
+    def describe(self) -> str:
+        s = ("throw " if self.type == "throw" else "") + self.dst
+        if self.gateway:
+            s += f" via {self.gateway}"
+        if self.dev:
+            s += f" dev {self.dev}"
+        if self.scope != "universe":
+            s += f" scope {self.scope}"
+        if self.src:
+            s += f" src {self.src}"
+        if self.mtu:
+            s += f" mtu {self.mtu}"
+        if self.advmss:
+            s += f" advmss {self.advmss}"
+        return f"route {s} table {self.table}"
+
+
+@dataclass(frozen=True)
+class AddRule(Op):
+    kind: ClassVar[str] = "rule"
+    priority: int
+    table: int
+    src: str                  # "198.19.0.1/32"; "0.0.0.0/32" matches only unbound sockets
+    iif: str | None = None    # "lo": locally originated (and rp_filter's reverse lookups)
+    ipproto: int | None = None
+    fwmark: int | None = None
+    fwmask: int | None = None
+    suppress_prefixlen: int | None = None   # results this specific or less are ignored
+
+    def describe(self) -> str:
+        s = f"rule {self.priority}: from {self.src}"
+        if self.fwmask is not None:
+            s += f" fwmark {self.fwmark:#x}/{self.fwmask:#x}"
+        if self.iif:
+            s += f" iif {self.iif}"
+        if self.ipproto:
+            s += " ipproto tcp" if self.ipproto == IPPROTO_TCP else f" ipproto {self.ipproto}"
+        s += " lookup " + ("main" if self.table == RT_TABLE_MAIN else str(self.table))
+        if self.suppress_prefixlen is not None:
+            s += f" suppress_prefixlength {self.suppress_prefixlen}"
+        return s
+
+
+@dataclass(frozen=True)
+class SetGro(Op):
+    kind: ClassVar[str] = "gro"
+    dev: str
+    old: bool
+    new: bool
+
+    def describe(self) -> str:
+        return f"gro {'on' if self.new else 'off'} on {self.dev} (was {'on' if self.old else 'off'})"
+
+
+@dataclass(frozen=True)
+class AddIngressQdisc(Op):
+    kind: ClassVar[str] = "qdisc"
+    dev: str
+
+    def describe(self) -> str:
+        return f"tc qdisc ingress on {self.dev}"
+
+
+@dataclass(frozen=True)
+class AddCaptureFilter(Op):
+    """u32 on dev's ingress: TCP to dst with (dport & port_mask) == port_value,
+    redirected (mirred egress) into the TUN `target`. Alone at its priority, so
+    the handle the kernel gives it is found (and journaled) after adding it."""
+
+    kind: ClassVar[str] = "filter"
+    dev: str
+    parent: int
+    prio: int
+    dst: str
+    port_value: int
+    port_mask: int
+    target: str
+
+    @property
+    def keys(self) -> list[str]:
+        return capture_keys(self.dst, self.port_value, self.port_mask)
+
+    def describe(self) -> str:
+        return (f"tc filter on {self.dev} ingress prio {self.prio}: tcp dst {self.dst} "
+                f"dport {self.port_value:#06x}/{self.port_mask:#06x} -> mirred redirect {self.target}")
+
+
+# ---------------------------------------------------------------- reserved ports
+
+def parse_ports(text: str) -> set[int]:
+    """The ports of an ip_local_reserved_ports value like '8080,61440-65535'."""
+    ports: set[int] = set()
+    for part in filter(None, (p.strip() for p in text.replace(" ", ",").split(","))):
+        lo, _, hi = part.partition("-")
+        ports.update(range(int(lo), int(hi or lo) + 1))
+    return ports
+
+
+def format_ports(ports: set[int]) -> str:
+    out, run = [], None
+    for p in sorted(ports):
+        if run and p == run[1] + 1:
+            run[1] = p
+        else:
+            run = [p, p]
+            out.append(run)
+    return ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in out)
+
+
+def reserve_ports(old: str, lo: int, hi: int) -> str:
+    """old with lo-hi added, old's own text kept as it is."""
+    if set(range(lo, hi + 1)) <= parse_ports(old):
+        return old
+    return f"{old},{lo}-{hi}" if old.strip() else f"{lo}-{hi}"
+
+
+def unreserve_ports(current: str, old: str, new: str) -> str:
+    """What to write back on undo: current minus the ports `new` added to `old`.
+    If nobody else changed it, that is exactly `old`."""
+    added = parse_ports(new) - parse_ports(old)
+    rest = parse_ports(current) - added
+    return old if rest == parse_ports(old) else format_ports(rest)
+
+
+# ---------------------------------------------------------------- the plan
+
+@dataclass(frozen=True)
+class Plan:
+    cfg: NetConfig
+    host: Host
+    ops: tuple[Op, ...]
+
+    def describe(self) -> list[str]:
+        return [op.describe() for op in self.ops]
+
+
+def _preflight(cfg: NetConfig, host: Host) -> None:
+    """Refuse, with one line, anything that would collide with what exists."""
+    if cfg.tun_name in host.link_names:
+        raise NetcfgError(f"a device named {cfg.tun_name} exists already; choose another TUN name")
+    busy = sorted(set(cfg.rule_priorities()) & host.rule_priorities)
+    if busy:
+        raise NetcfgError(f"ip rule priority {busy[0]} is in use already; choose another rule priority base")
+    busy = sorted(set(cfg.all_tables()) & host.tables)
+    if busy:
+        raise NetcfgError(f"routing table {busy[0]} holds routes already; choose another table base")
+    for dev, addr in host.addresses:
+        if addr.network.overlaps(cfg.internal):
+            raise NetcfgError(f"the internal block {cfg.internal} overlaps {addr} on {dev}; "
+                              f"choose another internal block")
+    for dst, dev in host.main_routes:
+        if dst.overlaps(cfg.internal):
+            raise NetcfgError(f"the internal block {cfg.internal} overlaps the route {dst} via {dev}; "
+                              f"choose another internal block")
+    seen = {}
+    for iface in host.interfaces:
+        if iface.addr.ip in seen:
+            raise NetcfgError(f"{iface.name} and {seen[iface.addr.ip]} have the same address {iface.addr.ip}")
+        seen[iface.addr.ip] = iface.name
+        busy = sorted(set(cfg.tc_prios()) & iface.ingress_prios)
+        if busy:
+            raise NetcfgError(f"tc filter priority {busy[0]} is in use on {iface.name}'s ingress; "
+                              f"choose another tc priority")
+
+
+def build_plan(cfg: NetConfig, host: Host) -> Plan:
+    """Everything `mptun up` does, in order; undo runs it backwards."""
+    assert [i.name for i in host.interfaces] == list(cfg.interfaces)
+    _preflight(cfg, host)
+    lay = cfg.layout
+    tun = cfg.tun_name
+    a = str(lay.tun_addr)
+    lo, hi = cfg.subflow_ports
+    blocks = port_blocks(lo, hi)
+    ops: list[Op] = []
+
+    # Keep other applications' ephemeral ports out of the range whose packets
+    # tc pulls into the TUN: only mptun's subflow sockets bind there.
+    reserved = reserve_ports(host.reserved_ports, lo, hi)
+    if reserved != host.reserved_ports:
+        ops.append(SetSysctl(RESERVED_PORTS, host.reserved_ports, reserved))
+
+    ops.append(CreateTun(tun, IFF_TUN | IFF_NO_PI | IFF_VNET_HDR | IFF_TUN_EXCL, cfg.vnet_hdr_size,
+                         TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6))
+    # IPv4 only: no link-local address, router solicitations or MLD into the TUN.
+    ops.append(SetDeviceSysctl(f"net.ipv6.conf.{tun}.disable_ipv6", "1"))
+    ops.append(SetLink(tun, mtu=cfg.tun_mtu, txqueuelen=cfg.txqueuelen))
+    ops.append(AddAddress(tun, f"{a}/32"))
+    for i in range(len(host.interfaces)):
+        ops.append(AddAddress(tun, f"{lay.subflow_addr(i)}/32"))
+    ops.append(SetLink(tun, up=True))
+
+    # The app table: intercepted destinations into the TUN, excluded ones thrown
+    # back to the next rule (normal routing), the NAT's fake peers into the TUN.
+    t = cfg.app_table
+    for d in cfg.dest:
+        ops.append(AddRoute(t, str(d), dev=tun, src=a, scope="link"))
+    for x in cfg.exclude:
+        ops.append(AddRoute(t, str(x), type="throw"))
+    ops.append(AddRoute(t, str(lay.fake_block), dev=tun, src=a, scope="link"))
+
+    for i, iface in enumerate(host.interfaces):
+        # Subflow sockets of interface i: into the TUN, sized for that interface.
+        # The TUN's MTU is 65535 for the local app leg; this route's MTU makes the
+        # kernel cut subflow segments small enough that the options the datapath
+        # adds still fit iface's MTU, and advmss is what iface can receive.
+        ops.append(AddRoute(cfg.subflow_table(i), "0.0.0.0/0", dev=tun, src=str(lay.subflow_addr(i)),
+                            scope="link", mtu=iface.mtu - cfg.option_headroom,
+                            advmss=iface.mtu - IPV4_TCP_HEADERS))
+        # Interface i's own table: whatever has its address as source leaves
+        # through it (and strict rp_filter accepts what arrives on it).
+        ti = cfg.iface_table(i)
+        for net in iface.connected:
+            ops.append(AddRoute(ti, str(net), dev=iface.name, src=str(iface.addr.ip), scope="link"))
+        ops.append(AddRoute(ti, "0.0.0.0/0", dev=iface.name,
+                            gateway=str(iface.gateway) if iface.gateway else None,
+                            scope="universe" if iface.gateway else "link"))
+
+    if cfg.gro:
+        for iface in host.interfaces:
+            if iface.gro is False:
+                ops.append(SetGro(iface.name, old=False, new=True))
+
+    for iface in host.interfaces:
+        if iface.ingress_qdisc is None:
+            ops.append(AddIngressQdisc(iface.name))
+        for prio, (value, mask) in zip(cfg.tc_prios(), blocks):
+            ops.append(AddCaptureFilter(iface.name, INGRESS_FILTER_PARENT, prio, str(iface.addr.ip),
+                                        value, mask, tun))
+
+    # Rules last, the intercepting one very last: until it exists no app
+    # traffic enters the TUN, and undo removes it first.
+    for i, iface in enumerate(host.interfaces):
+        ops.append(AddRule(cfg.prio_iface, cfg.iface_table(i), f"{iface.addr.ip}/32"))
+    for i in range(len(host.interfaces)):
+        ops.append(AddRule(cfg.prio_subflow, cfg.subflow_table(i), f"{lay.subflow_addr(i)}/32", iif="lo"))
+    # After an app socket got the TUN's address as its source, and for strict
+    # rp_filter's reverse lookup of what the datapath writes to the app: no
+    # ipproto here, or the ICMP errors the datapath injects are dropped.
+    ops.append(AddRule(cfg.prio_tun_source, t, f"{a}/32", iif="lo"))
+    # The app socket's first lookup (source not chosen yet): locally originated
+    # TCP only, so replies of local services (bound source) and UDP/ICMP keep
+    # their routes. First, a specific route in main wins (suppress_prefixlength
+    # 0 ignores main's default routes); then the intercept, which sockets with
+    # the fwmark bit set skip.
+    if cfg.keep_specific_routes:
+        ops.append(AddRule(cfg.prio_specific, RT_TABLE_MAIN, "0.0.0.0/32", iif="lo", ipproto=IPPROTO_TCP,
+                           suppress_prefixlen=0))
+    ops.append(AddRule(cfg.prio_intercept, t, "0.0.0.0/32", iif="lo", ipproto=IPPROTO_TCP,
+                       fwmark=0, fwmask=cfg.fwmark))
+    return Plan(cfg, host, tuple(ops))
+
