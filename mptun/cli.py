@@ -60,6 +60,217 @@ def cmd_lab_list(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- up / down / status
+
+def _run_dir(args) -> str:
+    from mptun.netcfg import JOURNAL_DIR
+
+    return args.run_dir or JOURNAL_DIR
+
+
+def _daemon_pid(run_dir: str, tun: str) -> int | None:
+    """The pid of the running daemon for tun, or None (no pid file, dead, or someone else's pid)."""
+    from mptun.daemon import run_paths
+
+    try:
+        with open(run_paths(run_dir, tun)["pid"]) as f:
+            pid = int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if _is_daemon(pid) else None
+
+
+def _is_daemon(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return b"mptun.daemon" in argv and state not in ("Z", "X")
+
+
+def cmd_up(args) -> int:
+    _need_root("mptun up")
+    import json
+    import subprocess
+
+    from mptun.daemon import run_paths
+    from mptun.netcfg import NetConfig, is_up
+
+    fields = {"interfaces": list(args.interfaces), "tun_name": args.tun}
+    if args.dest:
+        fields["dest"] = list(args.dest)
+    if args.exclude:
+        fields["exclude"] = list(args.exclude)
+    NetConfig(**fields)   # a NetcfgError here is the user's mistake, said in one line
+    run_dir = _run_dir(args)
+    if _daemon_pid(run_dir, args.tun) is not None or is_up(args.tun, journal_dir=run_dir):
+        raise CliError(f"mptun is already up on {args.tun}; mptun down first")
+    os.makedirs(run_dir, exist_ok=True)
+    files = run_paths(run_dir, args.tun)
+    argv = [sys.executable, "-m", "mptun.daemon", "--config", json.dumps(fields), "--run-dir", run_dir]
+    if args.checksums:
+        argv.append("--checksums")
+    r, w = os.pipe()
+    try:
+        with open(files["log"], "ab") as logf:
+            proc = subprocess.Popen(argv + ["--ready-fd", str(w)], pass_fds=(w,), stdin=subprocess.DEVNULL,
+                                    stdout=logf, stderr=logf, start_new_session=True, env=_daemon_env(),
+                                    cwd="/")
+    finally:
+        os.close(w)
+    try:
+        line = _read_line(r, timeout=60.0)
+    finally:
+        os.close(r)
+    if line == "ready":
+        print(f"mptun up on {', '.join(args.interfaces)} (tun {args.tun}, pid {proc.pid}, log {files['log']})")
+        return 0
+    if line.startswith("error: "):
+        proc.wait(10)
+        raise CliError(line[len("error: "):])
+    proc.kill()
+    raise CliError(f"the daemon did not start (see {files['log']})")
+
+
+def _daemon_env() -> dict:
+    # This tree's package, whether or not it is installed.
+    import mptun
+
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(mptun.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def _read_line(fd: int, timeout: float) -> str:
+    import select
+    import time
+
+    deadline = time.monotonic() + timeout
+    got = b""
+    while b"\n" not in got:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
+            break
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        got += chunk
+    return got.decode(errors="replace").split("\n")[0].strip()
+
+
+def cmd_down(args) -> int:
+    _need_root("mptun down")
+    import signal
+    import time
+
+    from mptun.daemon import run_paths
+    from mptun.netcfg import down, is_up
+
+    run_dir = _run_dir(args)
+    pid = _daemon_pid(run_dir, args.tun)
+    if pid is None and not is_up(args.tun, journal_dir=run_dir):
+        raise CliError(f"mptun is not up on {args.tun}")
+    if pid is not None:
+        # The daemon undoes its own configuration on SIGTERM; wait for it, bounded.
+        for sig, wait in ((signal.SIGTERM, 20.0), (signal.SIGKILL, 5.0)):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + wait
+            while _is_daemon(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if not _is_daemon(pid):
+                break
+    notes = []
+    if is_up(args.tun, journal_dir=run_dir):
+        # The daemon was killed (or died): its journal says what is left to remove.
+        notes = down(args.tun, journal_dir=run_dir)
+    for k in ("pid", "sock"):
+        try:
+            os.unlink(run_paths(run_dir, args.tun)[k])
+        except FileNotFoundError:
+            pass
+    for n in notes:
+        print(f"note: {n}")
+    print(f"mptun down on {args.tun}")
+    return 0
+
+
+def _query(run_dir: str, tun: str, request: str) -> dict:
+    import json
+    import socket
+
+    from mptun.daemon import run_paths
+    from mptun.netcfg import is_up
+
+    path = run_paths(run_dir, tun)["sock"]
+    if _daemon_pid(run_dir, tun) is None:
+        if is_up(tun, journal_dir=run_dir):
+            raise CliError(f"the mptun daemon for {tun} is not running (it died?): mptun down cleans up")
+        raise CliError(f"mptun is not up on {tun}")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10.0)
+        try:
+            s.connect(path)
+            s.sendall(request.encode() + b"\n")
+            data = b""
+            while True:
+                chunk = s.recv(1 << 16)
+                if not chunk:
+                    break
+                data += chunk
+        except OSError as e:
+            raise CliError(f"cannot talk to the mptun daemon ({path}): {e.strerror or e}") from None
+    return json.loads(data)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def cmd_status(args) -> int:
+    _need_root("mptun status")
+    import json
+
+    st = _query(_run_dir(args), args.tun, "status")
+    if args.json:
+        print(json.dumps(st, indent=2))
+        return 0
+    paths = ", ".join(f"{p['name']} {p['addr']}" for p in st["paths"])
+    print(f"mptun up on {paths} (tun {st['tun']}, pid {st['pid']}, up {st['uptime']:.0f} s)")
+    conns = st["connections"]
+    modes = {}
+    for c in conns:
+        modes[c["mode"]] = modes.get(c["mode"], 0) + 1
+    print(f"connections: {len(conns)}" + (" (" + ", ".join(f"{v} {k}" for k, v in sorted(modes.items())) + ")"
+                                          if conns else ""))
+    for c in conns:
+        sfs = " ".join(f"{st['paths'][s['path']]['name']}:{s['port']}" for s in c["subflows"])
+        err = f"  ({c['error']})" if c["error"] else ""
+        print(f"  #{c['id']:<5} {c['dst']:<22} {c['mode']:<9} {c['state']:<12} up {_size(c['bytes_from_app'])}, "
+              f"down {_size(c['bytes_to_app'])}  subflows {sfs}{err}")
+    counters = st["counters"]
+    if counters:
+        print("counters:")
+        width = max(len(k) for k in counters)
+        for k, v in counters.items():
+            why = st["reasons"].get(k, "")
+            print(f"  {k:<{width}} {v:>8}  {why}")
+    return 0
+
+
 # ---------------------------------------------------------------- misc
 
 def cmd_version(args) -> int:
@@ -74,6 +285,28 @@ def cmd_version(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mptun", description="Multipath TCP for every application on this host.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(q):
+        q.add_argument("--tun", default="mptun0", help="the TUN device's name (default: mptun0)")
+        q.add_argument("--run-dir", default=None, help="where the journal, pid, socket and log live "
+                                                       "(default: /run/mptun)")
+
+    up = sub.add_parser("up", help="give every TCP connection MPTCP over these interfaces")
+    up.add_argument("interfaces", nargs="+", metavar="IFACE")
+    up.add_argument("--dest", action="append", metavar="PREFIX",
+                    help="intercept TCP only to this IPv4 prefix (repeatable; default: all)")
+    up.add_argument("--exclude", action="append", metavar="PREFIX",
+                    help="never intercept TCP to this IPv4 prefix (repeatable)")
+    up.add_argument("--checksums", action="store_true", help="ask the peer for DSS checksums (RFC 8684 3.3.1)")
+    common(up)
+    up.set_defaults(func=cmd_up)
+    down = sub.add_parser("down", help="stop mptun and remove everything `up` configured")
+    common(down)
+    down.set_defaults(func=cmd_down)
+    status = sub.add_parser("status", help="connections (MPTCP or fallback) and counters")
+    status.add_argument("--json", action="store_true", help="everything the daemon knows, as JSON")
+    common(status)
+    status.set_defaults(func=cmd_status)
 
     v = sub.add_parser("version", help="print the version and which datapath loads")
     v.set_defaults(func=cmd_version)
@@ -112,10 +345,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mptun: interrupted", file=sys.stderr)
         return 130
-    except Exception as e:  # a LabError or an OS error: one line, not a traceback
-        from mptun.lab import LabError
-
-        if isinstance(e, (LabError, OSError)):
+    except Exception as e:  # a LabError, NetcfgError or an OS error: one line, not a traceback
+        # By name: importing their modules needs pyroute2, which may be what is missing.
+        if isinstance(e, OSError) or type(e).__name__ in ("LabError", "NetcfgError"):
             print(f"mptun: {e}", file=sys.stderr)
             return EXIT_FAIL
         raise

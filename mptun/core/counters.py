@@ -1,0 +1,55 @@
+"""Named event counters, by reason: every drop, fallback and reset mptun sees is counted here.
+
+A Counters is a plain mapping name -> int that `mptun status` shows as is. REASONS lists
+the names the datapath uses with a one-line meaning each, so the status output can say them.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+REASONS = {
+    # connections
+    "connections": "app connections intercepted",
+    "mptcp_connections": "connections the peer accepted as MPTCP",
+    "fallback_no_mp_capable": "fallbacks: the SYN/ACK had no MP_CAPABLE (plain TCP server, or options stripped)",
+    "fallback_peer_version": "fallbacks: the peer's MP_CAPABLE was not version 1 or not HMAC-SHA256",
+    "fallback_infinite_mapping": "fallbacks: the peer sent an infinite mapping",
+    "refused": "connections refused by the peer (the app got a RST)",
+    "connect_timeouts": "connections the peer never answered (the app timed out)",
+    "connect_errors": "connections that failed upstream for another reason",
+    "resets_from_peer": "connections the peer reset (RST on the subflow)",
+    "fastclose_from_peer": "connections the peer closed with MP_FASTCLOSE",
+    "resets_from_app": "connections the app reset (mptun sent MP_FASTCLOSE)",
+    "app_gone": "connections whose app left before its leg was accepted (mptun sent MP_FASTCLOSE)",
+    "unmapped_data": "connections reset because the peer sent bytes without a DSS mapping",
+    # packets
+    "malformed_packets": "packets from the TUN that are not well-formed IPv4 TCP (dropped)",
+    "malformed_options": "packets from the peer with malformed TCP/MPTCP options (dropped)",
+    "dss_checksum_failures": "DSS checksum failures (the connection is reset)",
+    "dss_conflicts": "DSS mappings that contradicted an earlier one (ignored)",
+    "data_ack_invalid": "DATA_ACKs for data never sent (ignored)",
+    "unknown_flow": "packets of no known connection (dropped)",
+    "no_option_room": "packets where the MPTCP options did not fit (dropped)",
+    "send_errors": "packets the interface refused (dropped; TCP retransmits)",
+    "tun_write_errors": "packets the TUN refused (dropped; TCP retransmits)",
+    "segments_across_mappings": "outgoing segments spanning two mappings (dropped; retransmitted)",
+    "retransmits_of_acked_data": "kernel retransmissions of bytes the peer had just acknowledged (dropped)",
+    "segments_unmapped": "outgoing segments without a mapping (dropped; retransmitted)",
+    "data_fin_sent": "DATA_FINs sent (bare, on a crafted ACK)",
+    "data_fin_acks_sent": "crafted ACKs for the peer's DATA_FIN",
+    "syn_absorbed": "app SYN retransmissions absorbed while the upstream handshake ran",
+    "rst_from_peer_packets": "RST segments from the peer passed to a subflow socket",
+    "tcp_checksum_failures": "peer packets with a wrong TCP checksum (dropped before any option was read)",
+    "subflow_eof_without_data_fin": "connections whose last subflow ended without a DATA_FIN",
+    "data_fin_timeouts": "connections reset because the DATA_FIN was never acknowledged",
+    "mp_fail_from_peer": "MP_FAIL options received",
+    "internal_errors": "exceptions in the daemon's loop (a bug: see the log)",
+}
+
+
+class Counters(Counter):
+    """name -> count; missing names read as 0."""
+
+    def snapshot(self) -> dict[str, int]:
+        return {k: v for k, v in sorted(self.items()) if v}

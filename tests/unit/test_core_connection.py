@@ -1,0 +1,357 @@
+"""Connection, sans I/O, read as a script: "the kernel sends X on the subflow, mptun must add Y;
+the peer sends Z, mptun must record W". Packets are reduced to the fields the datapath hands over;
+options are built with mptun.wire's value types and parsed back with the datapath's parser.
+"""
+
+import pytest
+
+from mptun import impl
+from mptun.core.connection import (ABORTED, CHUNK_MAX, FALLBACK, M64, MPTCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+                                   Connection)
+from mptun.core.counters import Counters
+from mptun.wire import crypto
+from mptun.wire import mptcp as w
+from mptun.wire.tcpip import Timestamps, WindowScale
+
+mo = impl.load("mptcpopt")
+
+OUR_KEY = 0x1111222233334444
+PEER_KEY = 0x5555666677778888
+OUR_ISN = 1_000_000
+PEER_ISN = 4_000_000_000          # the peer's subflow sequence wraps during these tests
+PEER_IDSN = crypto.key_idsn(PEER_KEY)
+TS = Timestamps(7, 9).emit()
+
+
+def rec(*opts) -> dict:
+    area = b"".join(o.emit() for o in opts)
+    area += b"\x01" * (-len(area) % 4)
+    return mo.parse_options(area)
+
+
+def parsed(options: bytes) -> dict:
+    return mo.parse_options(options + b"\x01" * (-len(options) % 4))
+
+
+def new_conn(**kw) -> tuple[Connection, object]:
+    conn = Connection(1, OUR_KEY, 0.0, Counters(), **kw)
+    sf = conn.new_subflow(0, 61440)
+    return conn, sf
+
+
+def handshake(conn, sf, peer_mpc=True, window=65535, wscale=7, peer_flags=w.MPC_HMAC_SHA256):
+    syn_opts = conn.outgoing(sf, OUR_ISN, 0, TCP_SYN, 0, 64240, b"")
+    opts = [WindowScale(wscale)]
+    if peer_mpc:
+        opts.append(w.MpCapable.synack(PEER_KEY, peer_flags))
+    assert conn.incoming(sf, PEER_ISN, OUR_ISN + 1, TCP_SYN | TCP_ACK, 0, window, rec(*opts))
+    sf.established = True
+    conn.state = "established"
+    return syn_opts
+
+
+def peer_dss(conn, sf, data_ack=None, mapping=None, payload_len=0, window=1000, fin=False, seq=None, ack=None):
+    """The peer's segment with a DSS: mapping = (dsn, ssn, length)."""
+    kw = {}
+    if data_ack is not None:
+        kw["data_ack"] = data_ack & M64
+    if mapping is not None:
+        dsn, ssn, length = mapping
+        kw.update(dsn=dsn & M64, subflow_seq=ssn, data_len=length, data_fin=fin)
+    seq = PEER_ISN + 1 if seq is None else seq
+    ack = OUR_ISN + 1 if ack is None else ack
+    return conn.incoming(sf, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, TCP_ACK, payload_len, window, rec(w.Dss(**kw)))
+
+
+# ---------------------------------------------------------------- handshake and fallback
+
+def test_syn_carries_mp_capable_v1_with_hmac_sha256():
+    conn, sf = new_conn()
+    o = parsed(conn.outgoing(sf, OUR_ISN, 0, TCP_SYN, 0, 64240, b""))
+    assert o["mpc_form"] == 1 and o["mpc_version"] == 1
+    assert o["mpc_flags"] == w.MPC_HMAC_SHA256
+    assert sf.our_isn == OUR_ISN
+
+
+def test_synack_with_mp_capable_makes_it_mptcp():
+    conn, sf = new_conn()
+    handshake(conn, sf)
+    assert conn.mode == MPTCP and conn.peer_key == PEER_KEY
+    assert sf.peer_isn == PEER_ISN and sf.peer_wscale == 7
+    assert conn.counters["mptcp_connections"] == 1
+    # RFC 7323 2.2: the SYN/ACK's window is not scaled.
+    assert conn.peer_wnd_end == conn.idsn + 1 + 65535
+
+
+def test_synack_without_mp_capable_is_fallback_and_nothing_is_added():
+    conn, sf = new_conn()
+    handshake(conn, sf, peer_mpc=False)
+    assert conn.mode == FALLBACK
+    assert conn.counters["fallback_no_mp_capable"] == 1
+    assert conn.outgoing(sf, OUR_ISN + 1, PEER_ISN + 1, TCP_ACK, 0, 500, TS) is None
+    conn.app_data(b"x" * 1000)
+    chunk = conn.next_chunk(sf)
+    assert bytes(chunk) == b"x" * 1000
+    conn.chunk_written(sf, 1000)
+    assert conn.outgoing(sf, OUR_ISN + 1, PEER_ISN + 1, TCP_ACK, 1000, 500, TS) is None
+    assert conn.send_buf == b""     # the kernel socket is the only copy in fallback
+    conn.subflow_data(sf, b"hello")
+    assert conn.take_for_app(100) == b"hello"
+
+
+def test_synack_with_bad_mp_capable_flags_is_fallback():
+    conn, sf = new_conn()
+    handshake(conn, sf, peer_flags=0)      # H clear: no crypto we both know (RFC 8684 3.1)
+    assert conn.mode == FALLBACK
+    assert conn.counters["fallback_peer_version"] == 1
+
+
+def test_third_ack_carries_both_keys_until_the_peer_speaks_dss():
+    conn, sf = new_conn()
+    handshake(conn, sf)
+    o = parsed(conn.outgoing(sf, OUR_ISN + 1, PEER_ISN + 1, TCP_ACK, 0, 500, TS))
+    assert o["mpc_form"] == 3
+    assert (o["mpc_sender_key"], o["mpc_receiver_key"]) == (OUR_KEY, PEER_KEY)
+
+
+def test_first_data_carries_mp_capable_with_the_data_level_length():
+    conn, sf = new_conn()
+    handshake(conn, sf)
+    conn.app_data(b"GET / HTTP/1.1\r\n\r\n")
+    chunk = conn.next_chunk(sf)
+    conn.chunk_written(sf, len(chunk))
+    o = parsed(conn.outgoing(sf, OUR_ISN + 1, PEER_ISN + 1, TCP_ACK | 0x08, 18, 500, TS))
+    assert o["mpc_form"] == 4 and o["mpc_data_len"] == 18
+    assert (o["mpc_sender_key"], o["mpc_receiver_key"]) == (OUR_KEY, PEER_KEY)
+
+
+def test_after_the_peers_dss_data_carries_a_dss_mapping_and_data_ack():
+    conn, sf = new_conn()
+    handshake(conn, sf)
+    peer_dss(conn, sf, data_ack=conn.idsn + 1, window=1000)
+    assert conn.peer_dss_seen
+    conn.app_data(b"a" * 300)
+    chunk = conn.next_chunk(sf)
+    conn.chunk_written(sf, len(chunk))
+    o = parsed(conn.outgoing(sf, OUR_ISN + 1, PEER_ISN + 1, TCP_ACK, 300, 500, TS))
+    assert o["dss_flags"] & w.DSS_MAPPING and o["dss_flags"] & w.DSS_DATA_ACK
+    assert (o["dsn"], o["subflow_seq"], o["data_len"]) == (conn.idsn + 1, 1, 300)
+    assert o["data_ack"] == PEER_IDSN + 1
+    # a retransmission of the second half carries the same mapping
+    o2 = parsed(conn.outgoing(sf, OUR_ISN + 151, PEER_ISN + 1, TCP_ACK, 150, 500, TS))
+    assert (o2["dsn"], o2["subflow_seq"], o2["data_len"]) == (conn.idsn + 1, 1, 300)
+
+
+# ---------------------------------------------------------------- sending: chunks, window, DATA_ACK from the peer
+
+def test_chunks_stay_under_64k_and_within_the_peers_window():
+    conn, sf = new_conn()
+    handshake(conn, sf, wscale=0)
+    peer_dss(conn, sf, data_ack=conn.idsn + 1, window=50_000)
+    conn.app_data(bytes(200_000))
+    chunk = conn.next_chunk(sf)
+    assert len(chunk) == CHUNK_MAX < 65536    # RFC 8684 3.3: a 16-bit data-level length
+    conn.chunk_written(sf, len(chunk))
+    # The window the SYN/ACK gave (65535, never scaled) is the larger one seen so far.
+    chunk = conn.next_chunk(sf)
+    assert len(chunk) == 65535 - CHUNK_MAX
+    conn.chunk_written(sf, len(chunk))
+    assert conn.next_chunk(sf) is None        # nothing beyond DATA_ACK + window (RFC 8684 3.3.4)
+    peer_dss(conn, sf, data_ack=conn.idsn + 1 + 65535, window=65535, ack=OUR_ISN + 1 + 65535)
+    assert conn.snd_una == conn.idsn + 1 + 65535
+    assert len(conn.next_chunk(sf)) == CHUNK_MAX
+
+
+def test_a_partly_written_chunk_is_finished_before_the_next():
+    conn, sf = new_conn()
+    handshake(conn, sf)
+    peer_dss(conn, sf, data_ack=conn.idsn + 1, window=10_000)
+    conn.app_data(bytes(range(256)) * 400)
+    chunk = conn.next_chunk(sf)
+    conn.chunk_written(sf, 1000)
+    rest = conn.next_chunk(sf)
+    assert len(rest) == len(chunk) - 1000
+    assert list(sf.our_maps) == [(1, conn.idsn + 1, len(chunk))]
+
+
+def test_segment_across_two_mappings_is_refused():
+    conn, sf = new_conn()
+    handshake(conn, sf)
+    peer_dss(conn, sf, data_ack=conn.idsn + 1, window=10_000)
+    conn.app_data(bytes(100_000))
+    for _ in range(2):
+        conn.chunk_written(sf, len(conn.next_chunk(sf)))
+    with pytest.raises(LookupError, match="segments_across_mappings"):
+        conn.outgoing(sf, OUR_ISN + 1 + CHUNK_MAX - 10, PEER_ISN + 1, TCP_ACK, 20, 500, TS)
+
+
+def test_data_ack_beyond_what_was_sent_is_ignored():
+    conn, sf = new_conn()
+    handshake(conn, sf)
+    peer_dss(conn, sf, data_ack=conn.idsn + 1000)
+    assert conn.counters["data_ack_invalid"] == 1 and conn.snd_una == conn.idsn + 1
+
+
+def test_32_bit_data_ack_is_expanded():
+    conn, sf = new_conn()
+    handshake(conn, sf)
+    conn.app_data(bytes(5000))
+    conn.chunk_written(sf, len(conn.next_chunk(sf)))
+    conn.incoming(sf, PEER_ISN + 1, OUR_ISN + 1, TCP_ACK, 0, 1000,
+                  rec(w.Dss(data_ack=(conn.idsn + 4001) & 0xFFFFFFFF, data_ack_64=False)))
+    assert conn.snd_una == conn.idsn + 4001
+
+
+# ---------------------------------------------------------------- receiving: mappings, DATA_ACK to the peer
+
+def test_data_ack_counts_what_the_kernel_acked_and_is_mapped():
+    conn, sf = new_conn()
+    handshake(conn, sf)
+    # The peer's 3000 bytes (wrapping its subflow sequence space) mapped in one go.
+    peer_dss(conn, sf, data_ack=conn.idsn + 1, mapping=(PEER_IDSN + 1, 1, 3000), payload_len=1448)
+    # the kernel acks 2000 of them: DATA_ACK = IDSN+1+2000 although nothing was read yet
+    o = parsed(conn.outgoing(sf, OUR_ISN + 1, PEER_ISN + 1 + 2000, TCP_ACK, 0, 500, TS))
+    assert o["data_ack"] == PEER_IDSN + 1 + 2000
+    conn.subflow_data(sf, bytes(2000))
+    assert conn.take_for_app(10_000) == bytes(2000)
+    o = parsed(conn.outgoing(sf, OUR_ISN + 1, PEER_ISN + 1 + 2000, TCP_ACK, 0, 500, TS))
+    assert o["data_ack"] == PEER_IDSN + 1 + 2000
+
+
+def test_bytes_without_mapping_reset_the_connection():
+    conn, sf = new_conn()
+    handshake(conn, sf)
+    conn.subflow_data(sf, b"surprise")
+    assert conn.state == ABORTED and conn.error == "unmapped_data"
+
+
+def test_zero_window_probe_mapped_one_below_never_overwrites():
+    """Linux probes a zero window with the byte at snd_una mapped at snd_una - 1 (DESIGN.md)."""
+    conn, sf = new_conn()
+    handshake(conn, sf)
+    base = PEER_IDSN + 1
+    peer_dss(conn, sf, mapping=(base, 1, 100), payload_len=100)
+    conn.subflow_data(sf, bytes(range(100)))
+    peer_dss(conn, sf, mapping=(base + 99, 101, 1), payload_len=1)      # the probe
+    conn.subflow_data(sf, b"\xee")
+    peer_dss(conn, sf, mapping=(base + 100, 102, 50), payload_len=50)
+    conn.subflow_data(sf, b"z" * 50)
+    assert conn.take_for_app(1000) == bytes(range(100)) + b"z" * 50
+
+
+def test_a_conflicting_mapping_is_counted_and_ignored():
+    conn, sf = new_conn()
+    handshake(conn, sf)
+    peer_dss(conn, sf, mapping=(PEER_IDSN + 1, 1, 100), payload_len=100)
+    peer_dss(conn, sf, mapping=(PEER_IDSN + 500, 50, 10), payload_len=10)
+    assert conn.counters["dss_conflicts"] == 1
+
+
+def test_malformed_mptcp_options_drop_the_packet():
+    conn, sf = new_conn()
+    handshake(conn, sf)
+    bad = bytes([30, 5, 0x20, 0x01, 0]) + b"\x01\x01\x01"    # a DSS too short for its flags
+    assert conn.incoming(sf, PEER_ISN + 1, OUR_ISN + 1, TCP_ACK, 0, 100, mo.parse_options(bad)) is False
+    assert conn.counters["malformed_options"] == 1
+
+
+# ---------------------------------------------------------------- DATA_FIN both ways, resets
+
+def test_peer_data_fin_on_a_pure_ack_is_data_acked_by_mptun():
+    conn, sf = new_conn()
+    handshake(conn, sf)
+    conn.outgoing(sf, OUR_ISN + 1, PEER_ISN + 1, TCP_ACK, 0, 500, TS)    # third ACK: numbers to copy
+    base = PEER_IDSN + 1
+    peer_dss(conn, sf, data_ack=conn.idsn + 1, mapping=(base, 1, 10), payload_len=10)
+    conn.outgoing(sf, OUR_ISN + 1, PEER_ISN + 11, TCP_ACK, 0, 500, TS)   # the kernel acks the data
+    peer_dss(conn, sf, data_ack=conn.idsn + 1, mapping=(base + 10, 0, 1), fin=True, seq=PEER_ISN + 11)
+    assert conn.peer_fin_dsn == base + 10
+    segs = conn.control_segments(1.0)
+    assert len(segs) == 1
+    o = parsed(segs[0].options)
+    assert o["data_ack"] == base + 11                         # RFC 8684 3.3.3: the DATA_FIN takes one DSN
+    assert o["present"] & 0x10                                # timestamps copied from the kernel's segment
+    assert segs[0].seq == OUR_ISN + 1 and segs[0].ack == PEER_ISN + 11
+    assert conn.control_segments(1.1) == []
+    assert not conn.app_should_get_fin()
+    conn.subflow_data(sf, bytes(10))
+    assert conn.take_for_app(100) == bytes(10)
+    assert conn.app_should_get_fin()
+
+
+def test_our_data_fin_after_the_last_byte_retransmitted_until_acked():
+    conn, sf = new_conn()
+    handshake(conn, sf)
+    conn.outgoing(sf, OUR_ISN + 1, PEER_ISN + 1, TCP_ACK, 0, 500, TS)
+    peer_dss(conn, sf, data_ack=conn.idsn + 1, window=10_000)
+    conn.app_data(bytes(100))
+    conn.chunk_written(sf, len(conn.next_chunk(sf)))
+    conn.on_app_eof()
+    segs = conn.control_segments(1.0)
+    o = parsed(segs[0].options)
+    assert o["dss_flags"] & w.DSS_DATA_FIN
+    assert (o["dsn"], o["subflow_seq"], o["data_len"]) == (conn.idsn + 101, 0, 1)
+    # not retransmitted while the data before it is unacknowledged (each would be a dup ACK)
+    assert conn.control_segments(5.0) == []
+    peer_dss(conn, sf, data_ack=conn.idsn + 101, ack=OUR_ISN + 101)
+    assert conn.control_segments(5.0) == []           # just acked: a fresh RTO starts
+    assert len(conn.control_segments(5.3)) == 1       # the DATA_FIN itself was lost
+    peer_dss(conn, sf, data_ack=conn.idsn + 102, ack=OUR_ISN + 101)
+    assert conn.fin_acked
+    conn.app_shut = True
+    assert conn.done()
+
+
+def test_mp_fastclose_with_our_key_aborts():
+    conn, sf = new_conn()
+    handshake(conn, sf)
+    conn.incoming(sf, PEER_ISN + 1, OUR_ISN + 1, TCP_ACK | TCP_RST, 0, 0, rec(w.MpFastclose(OUR_KEY)))
+    assert conn.state == ABORTED and conn.error == "fastclose_from_peer"
+
+
+def test_app_reset_sends_mp_fastclose_with_the_peers_key():
+    conn, sf = new_conn()
+    handshake(conn, sf)
+    conn.abort("resets_from_app")
+    o = parsed(conn.outgoing(sf, OUR_ISN + 1, PEER_ISN + 1, TCP_RST | TCP_ACK, 0, 0, b""))
+    assert o["fastclose_receiver_key"] == PEER_KEY
+
+
+def test_kernel_fin_after_close_gets_a_data_ack_not_a_data_fin():
+    conn, sf = new_conn()
+    handshake(conn, sf)
+    peer_dss(conn, sf, data_ack=conn.idsn + 1)
+    o = parsed(conn.outgoing(sf, OUR_ISN + 1, PEER_ISN + 1, TCP_ACK | TCP_FIN, 0, 500, TS))
+    assert o["dss_flags"] == w.DSS_DATA_ACK | w.DSS_DATA_ACK_64
+
+
+# ---------------------------------------------------------------- DSS checksums (RFC 8684 3.3.1)
+
+def test_checksums_when_the_peer_asks_our_mappings_carry_them():
+    conn, sf = new_conn()
+    handshake(conn, sf, peer_flags=w.MPC_HMAC_SHA256 | w.MPC_CHECKSUM_REQUIRED)
+    assert conn.checksums
+    peer_dss(conn, sf, data_ack=conn.idsn + 1)
+    data = bytes(range(256)) * 4
+    conn.app_data(data)
+    conn.chunk_written(sf, len(conn.next_chunk(sf)))
+    o = parsed(conn.outgoing(sf, OUR_ISN + 1, PEER_ISN + 1, TCP_ACK, len(data), 500, b""))
+    assert o["dss_has_checksum"]
+    assert o["dss_checksum"] == w.dss_checksum(conn.idsn + 1, 1, len(data), data)
+
+
+def test_checksums_a_wrong_one_from_the_peer_resets():
+    conn, sf = new_conn()
+    handshake(conn, sf, peer_flags=w.MPC_HMAC_SHA256 | w.MPC_CHECKSUM_REQUIRED)
+    data = b"payload!" * 10
+    good = w.dss_checksum(PEER_IDSN + 1, 1, len(data), data)
+    conn.incoming(sf, PEER_ISN + 1, OUR_ISN + 1, TCP_ACK, len(data), 100,
+                  rec(w.Dss(dsn=PEER_IDSN + 1, subflow_seq=1, data_len=len(data), checksum=good)))
+    conn.subflow_data(sf, data[:30])
+    conn.subflow_data(sf, data[30:])
+    assert conn.take_for_app(1000) == data
+    bad = w.dss_checksum(PEER_IDSN + 81, 81, len(data), data) ^ 1
+    conn.incoming(sf, PEER_ISN + 81, OUR_ISN + 1, TCP_ACK, len(data), 100,
+                  rec(w.Dss(dsn=PEER_IDSN + 81, subflow_seq=81, data_len=len(data), checksum=bad)))
+    conn.subflow_data(sf, data)
+    assert conn.state == ABORTED and conn.error == "dss_checksum_failures"
