@@ -272,3 +272,35 @@ def test_resets_cross_mptun_both_ways(mptun_lab):
     counters = r.status()["counters"]
     assert counters.get("resets_from_app") == 1
     assert counters.get("resets_from_peer", 0) + counters.get("fastclose_from_peer", 0) == 1
+
+
+def test_packets_mptun_sends_fit_the_interface_mtu(mptun_lab, tmp_path):
+    """The options mptun adds never push a segment past the interface MTU (1500 here).
+
+    With TSO and GSO off on eth0 the kernel cuts every super-packet mptun sends into
+    on-the-wire segments right there, so the router sees exactly what a real link would carry.
+    """
+    lab, r = mptun_lab("rate=500mbit")
+    run(lab.client, ["ethtool", "-K", "eth0", "tso", "off", "gso", "off"])
+    run(lab.router, ["nft", "-f", "-"], input=(
+        "table inet mtu_check {\n  chain forward {\n    type filter hook forward priority -10; policy accept;\n"
+        '    iifname "p0" meta length > 1500 counter comment "oversize"\n'
+        '    iifname "p0" meta l4proto tcp counter comment "all"\n  }\n}\n'))
+    directory, sha = served(tmp_path, 20 * MB)
+    with start_peer(lab.server, "http", 8080, directory=directory) as peer:
+        got = curl_get(lab.client, f"http://{SERVER}:8080/file.bin", str(tmp_path / "out.bin"), mptcp=False,
+                       timeout=120)
+        put = curl_put(lab.client, f"http://{SERVER}:8080/up.bin", os.path.join(directory, "file.bin"),
+                       mptcp=False, timeout=120)
+        records = peer.wait_connections(2, timeout=30)
+    assert got.ok and (got.size, got.sha256) == (20 * MB, sha), got.stderr
+    assert put.ok and put.stdout.strip() == sha, put.stderr
+    assert all(rec["mptcp"] for rec in records)
+    counts = {}
+    for line in run(lab.router, ["nft", "list", "table", "inet", "mtu_check"]).stdout.splitlines():
+        if "counter packets" in line:
+            counts[line.split('comment "')[1].rstrip('"')] = int(line.split("counter packets ")[1].split()[0])
+    assert counts["all"] > 10_000, counts  # the upload's data segments crossed here
+    assert counts["oversize"] == 0, counts
+    tx_dropped = int(run(lab.client, ["cat", "/sys/class/net/eth0/statistics/tx_dropped"]).stdout)
+    assert tx_dropped == 0
