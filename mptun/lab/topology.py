@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pyroute2 import IPRoute, NetNS
 from pyroute2 import netns as pr_netns
 
-from mptun.lab.netns import LabError, exists, list_namespaces, pids_in, run, sysctl, sysctls
+from mptun.lab.netns import LabError, exists, pids_in, run, sysctl, sysctls
 
 STATE_DIR = "/run/mptun/lab"
 MAX_PATHS = 16
@@ -197,6 +197,7 @@ class Lab:
         self.links = [f"{self.name}-l{i}" for i in range(len(paths))]
         self.state = LabState(self.name, [asdict(p) for p in paths], cc=cc)
         self._delaylines: list = []
+        self.transient_links: list[str] = []   # every root-namespace name this lab used in passing
         self._up = False
 
     # -- public facts
@@ -222,8 +223,13 @@ class Lab:
     def up(self) -> Lab:
         if os.geteuid() != 0:
             raise LabError("the lab needs root (network namespaces, veth, tc)")
-        if os.path.exists(state_path(self.name)) or exists(self.client):
+        if os.path.exists(state_path(self.name)):
             raise LabError(f"a lab named {self.name!r} exists already; `mptun lab down {self.name}` removes it")
+        # Teardown removes what the state file lists; a namespace that exists
+        # already is someone else's and must never be listed there.
+        taken = [ns for ns in (self.client, self.router, self.server, *self.links) if exists(ns)]
+        if taken:
+            raise LabError(f"namespace {taken[0]} exists already and is not this lab's; pick another lab name")
         self.state.save()
         try:
             self._build()
@@ -246,14 +252,22 @@ class Lab:
     # -- building
 
     def _ns_create(self, ns: str) -> None:
-        pr_netns.create(ns)
+        # Recorded before it is made, so a crash right after creation still
+        # leaves a record; up() checked that the name was free.
         self.state.namespaces.append(ns)
         self.state.save()
+        try:
+            pr_netns.create(ns)
+        except FileExistsError:
+            self.state.namespaces.remove(ns)
+            self.state.save()
+            raise LabError(f"namespace {ns} appeared while the lab was being built; not touching it") from None
         run(ns, ["ip", "link", "set", "lo", "up"])
 
     def _veth(self, ns_a: str, name_a: str, ns_b: str, name_b: str) -> None:
         """A veth pair with end name_a in ns_a and name_b in ns_b."""
         tmp = f"mt{secrets.token_hex(5)}"
+        self.transient_links.append(tmp)
         self.state.root_links.append(tmp)
         self.state.save()
         with IPRoute() as ip:
@@ -363,9 +377,11 @@ class Lab:
             # The delay line reads super-packets: GRO on both of its interfaces.
             for dev in ("toc", "tor"):
                 run(link, ["ethtool", "-K", dev, "gro", "on"])
-            dl = start_delayline(link, "toc", "tor", spec.up.delay_ms, spec.down.delay_ms)
+            stats_file = os.path.join(STATE_DIR, f"{link}.delayline.json")
+            dl = start_delayline(link, "toc", "tor", spec.up.delay_ms, spec.down.delay_ms, stats_file=stats_file)
             self._delaylines.append(dl)
-            self.state.pids.append({"pid": dl.pid, "ns": link, "what": "mptun.lab.delayline"})
+            self.state.pids.append({"pid": dl.pid, "ns": link, "what": "mptun.lab.delayline",
+                                    "files": [stats_file]})
             self.state.save()
         # Loss is applied to single segments: a dropped 64 KB super-packet would
         # be a burst of 45 losses. So lossy directions are segmented by their sender.
@@ -484,26 +500,30 @@ def _kill(pid: int, what: str) -> None:
 
 
 def teardown(name: str) -> list[str]:
-    """Remove everything lab `name` created (by its state file and by its names).
+    """Remove everything lab `name` created, as its state file lists it: nothing else.
 
     Returns what was removed. Safe to call twice, and after the creator crashed.
     """
     removed: list[str] = []
-    state = None
     try:
         with open(state_path(name)) as f:
             state = json.load(f)
-    except (FileNotFoundError, json.JSONDecodeError):
-        pass
-    namespaces = set(list_namespaces(prefix=f"{name}-"))
-    namespaces = {n for n in namespaces if re.fullmatch(re.escape(name) + r"-(cli|rtr|srv|l\d+)", n)}
-    if state:
-        namespaces |= {n for n in state.get("namespaces", []) if exists(n)}
-        for p in state.get("pids", []):
-            _kill(p["pid"], p["what"])
-        for link in state.get("root_links", []):
-            if run(None, ["ip", "link", "del", link], check=False).returncode == 0:
-                removed.append(link)
+    except FileNotFoundError:
+        return removed
+    except json.JSONDecodeError as e:
+        raise LabError(f"lab {name}: state file {state_path(name)} is damaged ({e}); "
+                       f"remove its namespaces ({name}-*) by hand") from None
+    namespaces = {n for n in state.get("namespaces", []) if exists(n)}
+    for p in state.get("pids", []):
+        _kill(p["pid"], p["what"])
+        for path in p.get("files", []):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+    for link in state.get("root_links", []):
+        if run(None, ["ip", "link", "del", link], check=False).returncode == 0:
+            removed.append(link)
     for ns in sorted(namespaces):
         # Anything still running in the lab's namespaces was started for the lab
         # (servers, clients, delay lines): it would keep the namespace's devices alive.
@@ -523,10 +543,9 @@ def teardown(name: str) -> list[str]:
 
 
 def list_labs() -> list[str]:
+    """Labs that have a state file (only those are ours to remove)."""
     try:
-        names = {f[:-5] for f in os.listdir(STATE_DIR) if f.endswith(".json")}
+        return sorted(f[:-5] for f in os.listdir(STATE_DIR)
+                      if f.endswith(".json") and not f.endswith(".delayline.json"))
     except FileNotFoundError:
-        names = set()
-    names |= {m.group(1) for n in list_namespaces()
-              if (m := re.fullmatch(r"(.+)-cli", n))}
-    return sorted(names)
+        return []

@@ -136,16 +136,39 @@ def _lab_leftovers(name):
 
 
 def test_teardown_leaves_nothing(make_lab):
-    links_before = run(None, ["ip", "-o", "link", "show"]).stdout.count("\n")
     lab = make_lab([PathSpec.symmetric(delay_ms=2), PathSpec.symmetric(rate_mbit=10, loss_pct=1)])
     pids = [p["pid"] for p in lab.state.pids]
+    files = [f for p in lab.state.pids for f in p["files"]]
     assert pids and all(os.path.exists(f"/proc/{p}") for p in pids)
+    assert lab.transient_links
     lab.down()
-    namespaces, has_state, _ = _lab_leftovers(lab.name)
+    namespaces, has_state, links = _lab_leftovers(lab.name)
     assert namespaces == [] and not has_state
     assert not any(os.path.exists(f"/proc/{p}") and _is_zombie_free(p) for p in pids)
-    assert run(None, ["ip", "-o", "link", "show"]).stdout.count("\n") == links_before
+    assert not any(f": {name}@" in links or f": {name}:" in links for name in lab.transient_links)
+    assert not any(os.path.exists(f) for f in files)
     lab.down()  # twice is fine
+
+
+def test_namespaces_that_are_not_the_labs_are_never_touched():
+    """A namespace with a lab-like name that the lab did not make survives up() and teardown()."""
+    from tests.conftest import require_root
+    require_root()
+    name = lab_name()
+    foreign = f"{name}-rtr"
+    run(None, ["ip", "netns", "add", foreign])
+    sleeper = subprocess.Popen(["ip", "netns", "exec", foreign, "sleep", "60"])
+    try:
+        with pytest.raises(LabError, match="not this lab's"):
+            Lab([PathSpec()], name=name).up()
+        assert teardown(name) == []          # no state file: nothing is ours
+        from mptun.lab import list_labs
+        assert name not in list_labs()
+        assert foreign in list_namespaces(prefix=name) and sleeper.poll() is None
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        run(None, ["ip", "netns", "del", foreign], check=False)
 
 
 def _is_zombie_free(pid):
