@@ -19,11 +19,12 @@ from pyroute2.netlink.exceptions import NetlinkError
 from mptun.netcfg import capture, netns, routing
 from mptun.netcfg.config import Layout, NetConfig
 from mptun.netcfg.errors import NetcfgError
-from mptun.netcfg.interfaces import RESERVED_PORTS, Interface, _discover, read_sysctl, set_gro, write_sysctl
+from mptun.netcfg.interfaces import (RESERVED_PORTS, Interface, _discover, get_gro, read_sysctl, set_gro,
+                                     write_sysctl)
 from mptun.netcfg.journal import Journal, journal_path
 from mptun.netcfg.plan import (AddAddress, AddCaptureFilter, AddIngressQdisc, AddRoute, AddRule, CreateTun, Op,
                                Plan, SetDeviceSysctl, SetGro, SetLink, SetSysctl, build_plan, op_from_json,
-                               unreserve_ports)
+                               parse_ports, unreserve_ports)
 from mptun.netcfg.tun import TunDevice, open_tun
 
 # Undo tolerates these: the object is gone already (with its device, or removed by hand).
@@ -139,11 +140,15 @@ class _Executor:
     def _do_rule(self, op: AddRule) -> None:
         routing.add_rule(self.ipr, op)
 
-    def _do_gro(self, op: SetGro) -> None:
+    def _do_gro(self, op: SetGro) -> dict:
         set_gro(op.dev, op.new)
+        # What the device reports now (None: it cannot say); undo acts only on this record.
+        return {"gro": get_gro(op.dev)}
 
-    def _do_qdisc(self, op: AddIngressQdisc) -> None:
-        capture.add_qdisc(self.ipr, self.index_of(op.dev))
+    def _do_qdisc(self, op: AddIngressQdisc) -> dict:
+        index = self.index_of(op.dev)
+        capture.add_qdisc(self.ipr, index)
+        return {"ifindex": index}
 
     def _do_filter(self, op: AddCaptureFilter) -> dict:
         handle = capture.add_filter(self.ipr, self.index_of(op.dev), op.parent, op.prio, op.keys,
@@ -151,19 +156,41 @@ class _Executor:
         return {"handle": handle}
 
     # -- undo: each returns a note for the caller, or None
+    #
+    # A step's `extra` is recorded after the step: without it (killed in between) the step may
+    # or may not have happened. Undo changes only what the record and the current state show
+    # to be mptun's, and says so when it leaves something that may be.
 
     def undo(self, op: Op, extra: dict) -> str | None:
         return getattr(self, "_undo_" + op.kind)(op, extra)
 
     def _undo_sysctl(self, op: SetSysctl, extra: dict) -> str | None:
-        written = extra.get("written", op.new)
         current = read_sysctl(op.key)
         if op.key == RESERVED_PORTS:
-            write_sysctl(op.key, unreserve_ports(current, op.old, written))
-        elif current == written:
+            return self._undo_reserved_ports(op, extra, current)
+        # Without the record, the value is mptun's only if it is exactly what was being written.
+        written = extra.get("written", op.new)
+        if current == written:
             write_sysctl(op.key, op.old)
-        else:
-            return f"{op.key} was changed by someone else (now {current!r}); left as it is"
+            return None
+        if current == op.old:
+            return None
+        return f"{op.key} was changed by someone else (now {current!r}); left as it is"
+
+    def _undo_reserved_ports(self, op: SetSysctl, extra: dict, current: str) -> str | None:
+        if parse_ports(current) == parse_ports(op.old):
+            return None   # never written, or put back already
+        written = extra.get("written")
+        if written is None:
+            # Killed between writing and recording: ours only if exactly what was being written.
+            if parse_ports(current) != parse_ports(op.new):
+                return f"{op.key} was changed by someone else (now {current!r}); left as it is"
+            written = current
+        value = unreserve_ports(current, op.old, written)
+        if value is None:
+            return (f"{op.key} was rewritten by someone else (now {current!r}), without all the ports "
+                    f"mptun reserved; left as it is")
+        write_sysctl(op.key, value)
         return None
 
     def _undo_tun(self, op: CreateTun, extra: dict) -> str | None:
@@ -183,11 +210,38 @@ class _Executor:
     def _undo_rule(self, op: AddRule, extra: dict) -> None:
         routing.del_rule(self.ipr, op)
 
-    def _undo_gro(self, op: SetGro, extra: dict) -> None:
+    def _undo_gro(self, op: SetGro, extra: dict) -> str | None:
+        if not self.ipr.link_lookup(ifname=op.dev):
+            return None   # the device is gone, and its setting with it
+        current = get_gro(op.dev)
+        if current == op.old:
+            return None   # never set, or set back since
+        state = {True: "on", False: "off", None: "unreadable"}[current]
+        if "gro" not in extra:
+            return (f"GRO on {op.dev} is {state}: mptun died while setting it, so that may be someone "
+                    f"else's doing; left as it is")
+        if extra["gro"] != op.new:
+            return None   # the device did not take the setting: mptun changed nothing
+        if current != op.new:
+            return f"GRO on {op.dev} is {state}, not what mptun set; left as it is"
         set_gro(op.dev, op.old)
+        return None
 
     def _undo_qdisc(self, op: AddIngressQdisc, extra: dict) -> str | None:
-        if not capture.del_qdisc_if_unused(self.ipr, self.index_of(op.dev)):
+        found = self.ipr.link_lookup(ifname=op.dev)
+        if not found:
+            return None   # gone with its device
+        index = found[0]
+        if "ifindex" not in extra:
+            # Killed between journaling and recording: an ingress qdisc there now may be mptun's
+            # or one someone else added meanwhile; removing someone else's is the worse mistake.
+            if not any(q.get_attr("TCA_KIND") == "ingress" for q in self.ipr.get_qdiscs(index=index)):
+                return None
+            return (f"the ingress qdisc on {op.dev} may be the one mptun was adding when it died, or "
+                    f"someone else's; left as it is (tc qdisc del dev {op.dev} ingress removes it)")
+        if extra["ifindex"] != index:
+            return f"{op.dev} is not the device mptun added an ingress qdisc to (index {index}); left as it is"
+        if not capture.del_qdisc_if_unused(self.ipr, index):
             return f"the ingress qdisc on {op.dev} now holds filters of someone else; left as it is"
         return None
 
@@ -259,8 +313,8 @@ def _refuse_if_up(tun_name: str, path: str) -> None:
     if not os.path.exists(path):
         return
     try:
-        ifaces = ", ".join(Journal.load(path).header.get("interfaces", []))
-    except NetcfgError:
+        ifaces = ", ".join(Journal.load(path).header.get("interfaces", [])) or "?"
+    except (NetcfgError, FileNotFoundError):
         ifaces = "?"
     raise NetcfgError(f"mptun is already up on {tun_name} ({ifaces}; journal {path}); mptun down first")
 
@@ -285,6 +339,11 @@ def down(tun_name: str = "mptun0", *, journal_dir: str | None = None, netns_name
         # Everything mptun created lived in that namespace and went with it.
         journal.remove()
         return [f"network namespace {ns} is gone, and with it all mptun had set up there"]
+    if not journal.entries:
+        # up died before its first step (maybe before the journal's header was written, so
+        # the namespace is unknown): there is nothing to undo.
+        journal.remove()
+        return []
     with netns.entered(ns), IPRoute() as ipr:
         if netns.current_inode() != journal.header.get("netns_inode"):
             raise NetcfgError(f"the journal {path} was written in another network namespace; run mptun down "

@@ -2,11 +2,13 @@
 
 One JSON file per TUN (/run/mptun/<tun>.json, or a directory given for tests),
 rewritten atomically and fsync'd on every change. Its existence means "mptun is up
-(or died) here": creation is exclusive, so a second `up` is refused.
+(or died) here": creation is exclusive, so a second `up` is refused. An empty file is
+a journal whose creator died before writing its header: it lists nothing to undo.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -37,21 +39,42 @@ class Journal:
 
     @classmethod
     def create(cls, path: str, header: dict) -> Journal:
-        """A new, empty journal; FileExistsError if one is there."""
+        """A new journal with no entries, on disk when this returns; FileExistsError if one is there."""
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        os.close(fd)
         j = cls(path, {"version": VERSION, **header})
-        j._write()
+        data = j._encode()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        # The header goes through the exclusive fd, not a later rewrite: dying before it is
+        # written leaves an empty file, which load() reads as a journal with no entries.
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(path)   # ours, just created and empty or partial: up can be run again
+            raise
+        _fsync_dir(path)
         return j
 
     @classmethod
     def load(cls, path: str) -> Journal:
+        with open(path, "rb") as f:
+            raw = f.read()
+        if not raw:
+            # Its creator died between creating it and writing the header: nothing was done yet.
+            return cls(path, {"version": VERSION}, [])
         try:
-            with open(path) as f:
-                data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise NetcfgError(f"the journal {path} is damaged ({e.msg}); remove what it lists by hand") from None
+            data = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            why = e.msg if isinstance(e, json.JSONDecodeError) else "not UTF-8"
+            raise NetcfgError(f"the journal {path} is damaged ({why}); remove what it lists by hand") from None
+        if not isinstance(data, dict):
+            raise NetcfgError(f"the journal {path} is damaged (not a JSON object); remove what it lists by hand")
         if data.get("version") != VERSION:
             raise NetcfgError(f"the journal {path} has version {data.get('version')}, not {VERSION}")
         entries = data.pop("entries", [])
@@ -74,18 +97,28 @@ class Journal:
         self._write()
 
     def remove(self) -> None:
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            return
-        _fsync_dir(self.path)
+        # A .tmp is what a process killed inside _write() left: the journal itself is whole.
+        removed = False
+        for p in (self.path + ".tmp", self.path):
+            try:
+                os.unlink(p)
+                removed = True
+            except FileNotFoundError:
+                pass
+        if removed:
+            _fsync_dir(self.path)
+
+    def _encode(self) -> bytes:
+        return json.dumps({**self.header, "entries": self.entries}, indent=1).encode()
 
     def _write(self) -> None:
         tmp = self.path + ".tmp"
-        data = json.dumps({**self.header, "entries": self.entries}, indent=1).encode()
+        data = self._encode()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            os.write(fd, data)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
             os.fsync(fd)
         finally:
             os.close(fd)

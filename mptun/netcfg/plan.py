@@ -249,11 +249,17 @@ def reserve_ports(old: str, lo: int, hi: int) -> str:
     return f"{old},{lo}-{hi}" if old.strip() else f"{lo}-{hi}"
 
 
-def unreserve_ports(current: str, old: str, new: str) -> str:
-    """What to write back on undo: current minus the ports `new` added to `old`.
-    If nobody else changed it, that is exactly `old`."""
+def unreserve_ports(current: str, old: str, new: str) -> str | None:
+    """What to write back on undo: current minus the ports `new` added to `old`; exactly
+    `old` if nobody else changed it. None if some of those ports are no longer reserved:
+    the value was rewritten since, and what is left of them may be someone else's now, so
+    nothing is to be removed. (Ports reserved by someone else inside an intact range cannot
+    be told from mptun's, and go with it.)"""
     added = parse_ports(new) - parse_ports(old)
-    rest = parse_ports(current) - added
+    ports = parse_ports(current)
+    if not added <= ports:
+        return None
+    rest = ports - added
     return old if rest == parse_ports(old) else format_ports(rest)
 
 

@@ -25,6 +25,12 @@ def fold(acc):
     return acc
 
 
+def _need(b, n, what):
+    # Mirrors the compiled wrappers' length checks (a ValueError, also under python -O).
+    if len(b) != n:
+        raise ValueError(f"{what} must be {n} bytes, not {len(b)}")
+
+
 def _sum(data):
     data = bytes(data)
     if len(data) & 1:
@@ -44,7 +50,8 @@ def _swap(s):
 def ones_sum(data, init=0, offset=0):
     """Folded ones-complement sum of data's big-endian words plus init; offset is data's byte
     position in a longer stream (only its parity matters)."""
-    assert offset >= 0
+    if offset < 0:
+        raise ValueError(f"offset must not be negative, not {offset}")
     s = _sum(data)
     if offset & 1:
         s = _swap(s)
@@ -59,13 +66,15 @@ def internet_checksum(data):
 def ipv4_header_checksum(header):
     """Checksum for an IPv4 header (all of `header`; its checksum field counts as zero)."""
     header = bytes(header)
-    assert len(header) >= 20 and len(header) % 4 == 0, "IPv4 header is 20..60 bytes"
+    if not 20 <= len(header) <= 60 or len(header) % 4:
+        raise ValueError(f"an IPv4 header is 20..60 bytes in 4-byte words, not {len(header)}")
     return ~_sum(header[:10] + b"\0\0" + header[12:]) & _U16
 
 
 def _pseudo(src, dst, l4_len, width):
     src, dst = bytes(src), bytes(dst)
-    assert len(src) == width and len(dst) == width
+    _need(src, width, "src")
+    _need(dst, width, "dst")
     l4_len = _u(l4_len, _U32)
     return fold(_sum(src + dst) + 6 + (l4_len >> 16) + (l4_len & _U16))
 
@@ -82,7 +91,8 @@ def pseudo_partial_v6(src, dst, l4_len):
 
 def _tcp(src, dst, segment, width):
     segment = bytes(segment)
-    assert len(segment) >= 20
+    if len(segment) < 20:
+        raise ValueError(f"a TCP segment is at least 20 bytes, not {len(segment)}")
     body = segment[:16] + b"\0\0" + segment[18:]
     return ~fold(_pseudo(src, dst, len(segment), width) + _sum(body)) & _U16
 
@@ -122,13 +132,15 @@ def update32(check, old, new):
 
 def update_addr4(check, old, new):
     """RFC 1624 eqn. 3 for a changed IPv4 address (4 bytes each)."""
-    assert len(old) == 4 and len(new) == 4
+    _need(old, 4, "old")
+    _need(new, 4, "new")
     return _update(check, _words(old), _words(new))
 
 
 def update_addr6(check, old, new):
     """RFC 1624 eqn. 3 for a changed IPv6 address (16 bytes each)."""
-    assert len(old) == 16 and len(new) == 16
+    _need(old, 16, "old")
+    _need(new, 16, "new")
     return _update(check, _words(old), _words(new))
 
 
@@ -156,7 +168,10 @@ def complete_partial(buf, csum_start, csum_offset, end=None):
     """Finish a NEEDS_CSUM checksum in place as the kernel or a NIC does: sum buf[csum_start:end]
     (the field holds the pseudo-header sum), store the inverted result at csum_start+csum_offset."""
     stop = len(buf) if end is None else end
-    assert 0 <= csum_start and csum_start + csum_offset + 2 <= stop <= len(buf)
+    # The 2-byte field lies inside buf[csum_start:stop], which lies inside buf (no negative indexing).
+    if not (0 <= csum_start and 0 <= csum_offset and csum_start + csum_offset + 2 <= stop <= len(buf)):
+        raise ValueError(f"checksum at {csum_start}+{csum_offset} over {csum_start}..{stop} "
+                         f"does not fit a buffer of {len(buf)} bytes")
     c = ~_sum(buf[csum_start:stop]) & _U16
     buf[csum_start + csum_offset:csum_start + csum_offset + 2] = c.to_bytes(2, "big")
     return c

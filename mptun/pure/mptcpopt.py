@@ -4,7 +4,7 @@ parse_options(bytes) -> dict flattens wire.mptcp.parse_options() into the
 fields of mptcpopt.pxd's TcpOptions; emit_*() go through the value types.
 """
 
-from ipaddress import ip_address
+import ipaddress
 
 from mptun.wire import mptcp as w
 from mptun.wire import tcpip as t
@@ -137,7 +137,8 @@ def emit_mp_join_synack(backup: bool, address_id: int, truncated_hmac: int, nonc
 
 
 def emit_mp_join_ack(hmac: bytes) -> bytes:
-    assert len(hmac) == w.MPTCPOPT_JOIN_HMAC_LEN, "MP_JOIN ACK carries a 160-bit HMAC"
+    if len(hmac) != w.MPTCPOPT_JOIN_HMAC_LEN:
+        raise ValueError(f"MP_JOIN ACK carries a 160-bit HMAC (20 bytes), not {len(hmac)} bytes")
     return w.MpJoin.ack(hmac).emit()
 
 
@@ -163,8 +164,9 @@ def dss_length(has_data_ack: bool, data_ack_64: bool, has_mapping: bool, dsn_64:
 
 def emit_add_addr(address_id: int, echo: bool, address: bytes, has_port: bool = False, port: int = 0,
                   truncated_hmac: int = 0) -> bytes:
-    assert len(address) in (4, 16), "an IPv4 or IPv6 address, packed"
-    return w.AddAddr(address_id=address_id, address=ip_address(bytes(address)),
+    if len(address) not in (4, 16):
+        raise ValueError(f"an IPv4 or IPv6 address, packed (4 or 16 bytes), not {len(address)} bytes")
+    return w.AddAddr(address_id=address_id, address=ipaddress.ip_address(bytes(address)),
                      port=port if has_port else None, echo=bool(echo),
                      truncated_hmac=None if echo else truncated_hmac).emit()
 

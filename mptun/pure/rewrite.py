@@ -290,6 +290,20 @@ def _walk(opts):
     return out
 
 
+def _whole(opts):
+    """True if opts is whole options end to end (see rw_options_whole in rewrite.pxd)."""
+    if len(opts) > MAX_OPTIONS:
+        return False
+    spans = _walk(opts)
+    if spans is None:
+        return False
+    if not spans:
+        return len(opts) == 0
+    # The walk stops at an EOL: then the options cover less than opts.
+    _, off, ln = spans[-1]
+    return off + ln == len(opts)
+
+
 def _build(opts, spans, strip, sack_mode, keep_nops):
     def dropped(kind):
         return kind == _OPT_NOP or (strip and kind == _OPT_MPTCP) or (sack_mode == 2 and kind == _OPT_SACK)
@@ -317,6 +331,8 @@ _LAYOUTS = ((0, True), (1, True), (1, False), (2, True), (2, False))
 
 def _set_options(p, strip, insert, reserve, counters):
     if p.l2_len or len(insert) > MAX_OPTIONS:
+        return BAD_REQUEST
+    if insert and not _whole(insert):
         return BAD_REQUEST
     b, ip = p.buf, p.ip
     tcp = ip + p.tcp_offset
@@ -631,8 +647,9 @@ class PacketBatch:
     def set_action(self, i, *, strip_mptcp=False, options=None, clamp_mss=None,
                    src=None, dst=None, sport=None, dport=None, eth=None):
         """What the next run() does to slot i: strip MPTCP options, insert `options` (opaque
-        bytes, <= 40), clamp a SYN's MSS, NAT (address bytes / ipaddress objects, ports), push
-        an Ethernet header (`eth`: destination + source MAC, 12 bytes). None leaves a part out."""
+        bytes, <= 40, but whole options: no EOL, every length >= 2 but a NOP's), clamp a SYN's
+        MSS, NAT (address bytes / ipaddress objects, ports), push an Ethernet header (`eth`:
+        destination + source MAC, 12 bytes). None leaves a part out."""
         self._check(i)
         a = _Action()
         if strip_mptcp:
@@ -641,6 +658,8 @@ class PacketBatch:
             options = bytes(options)
             if len(options) > MAX_OPTIONS:
                 raise ValueError(f"at most {MAX_OPTIONS} option bytes, not {len(options)}")
+            if options and not _whole(options):
+                raise ValueError(f"options to insert must be whole TCP options without EOL, not {options.hex()}")
             a.ops |= _OP_INSERT_OPTIONS
             a.options = options
         if clamp_mss is not None:

@@ -38,7 +38,7 @@ cdef class DsnAssembler:
     def __dealloc__(self):
         dsn_assembler_free(&self.state)
 
-    def insert(self, uint64_t dsn, const unsigned char[::1] data) -> int:
+    def insert(self, uint64_t dsn, const unsigned char[::1] data not None) -> int:
         """Place data mapped at dsn; returns how many of its bytes were new and stored."""
         cdef Py_ssize_t n = data.shape[0]
         if n == 0:
@@ -67,7 +67,7 @@ cdef class DsnAssembler:
             dsn_assembler_read(&self.state, <unsigned char*>PyBytes_AS_STRING(out), n)
         return out
 
-    def read_into(self, unsigned char[::1] buffer) -> int:
+    def read_into(self, unsigned char[::1] buffer not None) -> int:
         """Fill buffer with in-order bytes; returns how many were copied (and removed)."""
         cdef Py_ssize_t n = buffer.shape[0]
         if n == 0:

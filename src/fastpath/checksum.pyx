@@ -23,50 +23,76 @@ cdef inline const unsigned char* _ptr(const unsigned char[::1] b) noexcept:
     return &b[0] if b.shape[0] else NULL
 
 
+# The build turns bounds checks off and `python -O` strips asserts: every length the C code
+# trusts is checked here, as the pure twin does, with a ValueError.
+cdef inline int _need(const unsigned char[::1] b, Py_ssize_t n, str what) except -1:
+    if b.shape[0] != n:
+        raise ValueError(f"{what} must be {n} bytes, not {b.shape[0]}")
+    return 0
+
+
+cdef inline int _need_segment(const unsigned char[::1] segment) except -1:
+    if segment.shape[0] < 20:
+        raise ValueError(f"a TCP segment is at least 20 bytes, not {segment.shape[0]}")
+    return 0
+
+
 def fold(acc):
     """Fold a non-negative int of up to 64 bits to 16 bits with end-around carry (not inverted)."""
     return csum_fold(<uint64_t>acc)
 
 
-def ones_sum(const unsigned char[::1] data, uint32_t init=0, Py_ssize_t offset=0):
+def ones_sum(const unsigned char[::1] data not None, uint32_t init=0, Py_ssize_t offset=0):
     """Folded ones-complement sum of data's big-endian words plus init; offset is data's byte
     position in a longer stream (only its parity matters)."""
-    assert offset >= 0
+    if offset < 0:
+        raise ValueError(f"offset must not be negative, not {offset}")
     return csum_sum_at(_ptr(data), data.shape[0], offset, init)
 
 
-def internet_checksum(const unsigned char[::1] data):
+def internet_checksum(const unsigned char[::1] data not None):
     """RFC 1071 checksum of data: the inverted folded sum."""
     return <uint16_t>~csum_sum(_ptr(data), data.shape[0], 0)
 
 
-def ipv4_header_checksum(const unsigned char[::1] header):
+def ipv4_header_checksum(const unsigned char[::1] header not None):
     """Checksum for an IPv4 header (all of `header`; its checksum field counts as zero)."""
-    assert header.shape[0] >= 20 and header.shape[0] % 4 == 0, "IPv4 header is 20..60 bytes"
+    if not 20 <= header.shape[0] <= 60 or header.shape[0] % 4:
+        raise ValueError(f"an IPv4 header is 20..60 bytes in 4-byte words, not {header.shape[0]}")
     return csum_ipv4_header(&header[0], header.shape[0])
 
 
-def pseudo_partial_v4(const unsigned char[::1] src, const unsigned char[::1] dst, uint32_t l4_len):
+def pseudo_partial_v4(const unsigned char[::1] src not None, const unsigned char[::1] dst not None,
+                      uint32_t l4_len):
     """Folded, non-inverted IPv4 pseudo-header sum: the TCP checksum field of a NEEDS_CSUM packet."""
-    assert src.shape[0] == 4 and dst.shape[0] == 4
+    _need(src, 4, "src")
+    _need(dst, 4, "dst")
     return csum_pseudo_v4(&src[0], &dst[0], l4_len)
 
 
-def pseudo_partial_v6(const unsigned char[::1] src, const unsigned char[::1] dst, uint32_t l4_len):
+def pseudo_partial_v6(const unsigned char[::1] src not None, const unsigned char[::1] dst not None,
+                      uint32_t l4_len):
     """Folded, non-inverted IPv6 pseudo-header sum: the TCP checksum field of a NEEDS_CSUM packet."""
-    assert src.shape[0] == 16 and dst.shape[0] == 16
+    _need(src, 16, "src")
+    _need(dst, 16, "dst")
     return csum_pseudo_v6(&src[0], &dst[0], l4_len)
 
 
-def tcp_checksum_v4(const unsigned char[::1] src, const unsigned char[::1] dst, const unsigned char[::1] segment):
+def tcp_checksum_v4(const unsigned char[::1] src not None, const unsigned char[::1] dst not None,
+                    const unsigned char[::1] segment not None):
     """Full TCP checksum over the IPv4 pseudo-header and segment (its checksum field counts as zero)."""
-    assert src.shape[0] == 4 and dst.shape[0] == 4 and segment.shape[0] >= 20
+    _need(src, 4, "src")
+    _need(dst, 4, "dst")
+    _need_segment(segment)
     return csum_tcp_v4(&src[0], &dst[0], &segment[0], segment.shape[0])
 
 
-def tcp_checksum_v6(const unsigned char[::1] src, const unsigned char[::1] dst, const unsigned char[::1] segment):
+def tcp_checksum_v6(const unsigned char[::1] src not None, const unsigned char[::1] dst not None,
+                    const unsigned char[::1] segment not None):
     """Full TCP checksum over the IPv6 pseudo-header and segment (its checksum field counts as zero)."""
-    assert src.shape[0] == 16 and dst.shape[0] == 16 and segment.shape[0] >= 20
+    _need(src, 16, "src")
+    _need(dst, 16, "dst")
+    _need_segment(segment)
     return csum_tcp_v6(&src[0], &dst[0], &segment[0], segment.shape[0])
 
 
@@ -80,15 +106,17 @@ def update32(uint16_t check, uint32_t old, uint32_t new):
     return csum_update32(check, old, new)
 
 
-def update_addr4(uint16_t check, const unsigned char[::1] old, const unsigned char[::1] new):
+def update_addr4(uint16_t check, const unsigned char[::1] old not None, const unsigned char[::1] new not None):
     """RFC 1624 eqn. 3 for a changed IPv4 address (4 bytes each)."""
-    assert old.shape[0] == 4 and new.shape[0] == 4
+    _need(old, 4, "old")
+    _need(new, 4, "new")
     return csum_update_addr4(check, &old[0], &new[0])
 
 
-def update_addr6(uint16_t check, const unsigned char[::1] old, const unsigned char[::1] new):
+def update_addr6(uint16_t check, const unsigned char[::1] old not None, const unsigned char[::1] new not None):
     """RFC 1624 eqn. 3 for a changed IPv6 address (16 bytes each)."""
-    assert old.shape[0] == 16 and new.shape[0] == 16
+    _need(old, 16, "old")
+    _need(new, 16, "new")
     return csum_update_addr6(check, &old[0], &new[0])
 
 
@@ -97,7 +125,7 @@ def update_sum(uint16_t check, uint16_t old_sum, uint16_t new_sum):
     return csum_update_sum(check, old_sum, new_sum)
 
 
-def dss_checksum(uint64_t dsn, uint32_t ssn, uint16_t data_len, const unsigned char[::1] payload):
+def dss_checksum(uint64_t dsn, uint32_t ssn, uint16_t data_len, const unsigned char[::1] payload not None):
     """RFC 8684 section 3.3 DSS checksum of a mapping (64-bit DSN, relative subflow sequence
     number, data-level length) and its payload."""
     return csum_dss(dsn, ssn, data_len, csum_sum(_ptr(payload), payload.shape[0], 0))
@@ -108,11 +136,14 @@ def dss_checksum_from_sum(uint64_t dsn, uint32_t ssn, uint16_t data_len, uint16_
     return csum_dss(dsn, ssn, data_len, payload_sum)
 
 
-def complete_partial(unsigned char[::1] buf, Py_ssize_t csum_start, Py_ssize_t csum_offset, end=None):
+def complete_partial(unsigned char[::1] buf not None, Py_ssize_t csum_start, Py_ssize_t csum_offset, end=None):
     """Finish a NEEDS_CSUM checksum in place as the kernel or a NIC does: sum buf[csum_start:end]
     (the field holds the pseudo-header sum), store the inverted result at csum_start+csum_offset."""
     cdef Py_ssize_t stop = buf.shape[0] if end is None else end
-    assert 0 <= csum_start and csum_start + csum_offset + 2 <= stop <= buf.shape[0]
+    # The 2-byte field lies inside buf[csum_start:stop], which lies inside buf.
+    if not (0 <= csum_start and 0 <= csum_offset and csum_start + csum_offset + 2 <= stop <= buf.shape[0]):
+        raise ValueError(f"checksum at {csum_start}+{csum_offset} over {csum_start}..{stop} "
+                         f"does not fit a buffer of {buf.shape[0]} bytes")
     cdef uint16_t c = <uint16_t>~csum_sum(&buf[csum_start], stop - csum_start, 0)
     buf[csum_start + csum_offset] = c >> 8
     buf[csum_start + csum_offset + 1] = c & 0xff

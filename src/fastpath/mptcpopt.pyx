@@ -24,6 +24,17 @@ REASON_NAMES = (
 )
 assert len(REASON_NAMES) == mptcpopt.REASON_COUNT
 
+# TcpOptions.present bits and SUBTYPE_NONE, for Python readers of the record
+HAS_MSS = mptcpopt.HAS_MSS
+HAS_WSCALE = mptcpopt.HAS_WSCALE
+HAS_SACK_PERMITTED = mptcpopt.HAS_SACK_PERMITTED
+HAS_SACK = mptcpopt.HAS_SACK
+HAS_TIMESTAMPS = mptcpopt.HAS_TIMESTAMPS
+HAS_MPTCP = mptcpopt.HAS_MPTCP
+HAS_UNKNOWN = mptcpopt.HAS_UNKNOWN
+HAS_EOL = mptcpopt.HAS_EOL
+SUBTYPE_NONE = mptcpopt.SUBTYPE_NONE
+
 
 cdef dict _as_dict(mptcpopt.TcpOptions* o):
     cdef int n = o.mptcp_count
@@ -133,7 +144,9 @@ def emit_mp_join_synack(bint backup, uint8_t address_id, uint64_t truncated_hmac
 
 def emit_mp_join_ack(bytes hmac not None) -> bytes:
     cdef unsigned char out[40]
-    assert len(hmac) == mptcpopt.MPTCPOPT_JOIN_HMAC_LEN, "MP_JOIN ACK carries a 160-bit HMAC"
+    # The C emitter copies MPTCPOPT_JOIN_HMAC_LEN bytes whatever the length (no assert: python -O).
+    if len(hmac) != mptcpopt.MPTCPOPT_JOIN_HMAC_LEN:
+        raise ValueError(f"MP_JOIN ACK carries a 160-bit HMAC (20 bytes), not {len(hmac)} bytes")
     return bytes(out[:mptcpopt.emit_mp_join_ack(out, hmac)])
 
 
@@ -153,7 +166,9 @@ def dss_length(bint has_data_ack, bint data_ack_64, bint has_mapping, bint dsn_6
 def emit_add_addr(uint8_t address_id, bint echo, bytes address not None, bint has_port=False,
                   uint16_t port=0, uint64_t truncated_hmac=0) -> bytes:
     cdef unsigned char out[40]
-    assert len(address) in (4, 16), "an IPv4 or IPv6 address, packed"
+    # The C emitter reads 4 or 16 bytes whatever the length (no assert: python -O).
+    if len(address) not in (4, 16):
+        raise ValueError(f"an IPv4 or IPv6 address, packed (4 or 16 bytes), not {len(address)} bytes")
     return bytes(out[:mptcpopt.emit_add_addr(out, address_id, echo, len(address) == 16, address,
                                              has_port, port, truncated_hmac)])
 

@@ -64,7 +64,8 @@ cdef enum:
     RW_NO_ROOM = 1                 # the options do not fit in 40 bytes even after trimming, or the
                                    # IP length would pass 65535
     RW_NO_HEADROOM = 2             # too few free bytes in front of the packet to grow it
-    RW_BAD_REQUEST = 3             # the request does not fit the packet (address length, L2 pushed)
+    RW_BAD_REQUEST = 3             # the request does not fit the packet (address length, L2 pushed),
+                                   # or its insert block is not whole options (rw_options_whole)
     RW_MALFORMED_VNET = 4          # GSO type not TCP of this IP version, or NEEDS_CSUM not at the TCP checksum
     RW_MALFORMED_TCP_OPTIONS = 5   # an option's length byte is < 2 or runs past the TCP header
     # RW_MALFORMED_TCP_OPTIONS + a packet.pxd PACKET_* reason (1..8): the headers did not parse
@@ -202,6 +203,20 @@ cdef inline int rw_walk_options(const unsigned char* opts, Py_ssize_t n, RwOptio
         count += 1
         i += ln
     return count
+
+
+cdef inline bint rw_options_whole(const unsigned char* opts, Py_ssize_t n) noexcept nogil:
+    """True if opts[0:n] is whole options end to end: at most 40 bytes, no EOL, every length
+    >= 2 (a NOP is one byte) and the last one ending exactly at n. Only such a block can be
+    inserted: what follows it must still be walked (the MSS clamp, the receiver)."""
+    cdef RwOption spans[TCP_OPTIONS_MAX_LEN]
+    cdef int count = rw_walk_options(opts, n, spans)
+    if count < 0:
+        return False
+    if count == 0:
+        return n == 0
+    # The walk stops at an EOL: then the options cover less than n.
+    return spans[count - 1].offset + spans[count - 1].length == n
 
 
 # ---- parse -------------------------------------------------------------------------------------
@@ -367,8 +382,9 @@ cdef inline Py_ssize_t _build_options(const unsigned char* opts, const RwOption*
 cdef inline int rw_set_options(RwPacket* pkt, bint strip_mptcp, const unsigned char* insert,
                                Py_ssize_t insert_len, Py_ssize_t reserve, uint64_t* counters) noexcept nogil:
     """Rebuild the option area: the existing options (MPTCP ones removed if strip_mptcp), then
-    insert[0:insert_len] (opaque, e.g. a DSS), NOP-padded to a multiple of 4. The headers move
-    into the headroom (or back) by the size change; `reserve` bytes of headroom must remain.
+    insert[0:insert_len] (opaque, e.g. a DSS, but whole options: RW_BAD_REQUEST otherwise),
+    NOP-padded to a multiple of 4. The headers move into the headroom (or back) by the size
+    change; `reserve` bytes of headroom must remain.
 
     40-byte limit (RFC 9293 section 3.1), first layout that fits wins: as is; SACK cut to its
     first block; that without NOPs; no SACK; no SACK and no NOPs; else RW_NO_ROOM. MPTCP,
@@ -385,6 +401,8 @@ cdef inline int rw_set_options(RwPacket* pkt, bint strip_mptcp, const unsigned c
     cdef bint keep_nops = True, fits = False, partial = pkt.vnet_flags & VNET_HDR_F_NEEDS_CSUM
     cdef uint16_t check, word12, new_word12, old_sum, new_sum, old_l4, old_ip_len
     if pkt.l2_len or insert_len < 0 or insert_len > TCP_OPTIONS_MAX_LEN:
+        return RW_BAD_REQUEST
+    if insert_len and not rw_options_whole(insert, insert_len):
         return RW_BAD_REQUEST
     ip = _ip(pkt)
     tcp = ip + pkt.view.tcp_offset
@@ -577,7 +595,8 @@ cdef inline int rw_apply(RwPacket* pkt, RwAction* a, uint64_t* counters) noexcep
                                 a.options_len if ops & RW_OP_INSERT_OPTIONS else 0,
                                 ETH_HEADER_LEN if ops & RW_OP_PUSH_ETH else 0, counters)
     if status == RW_OK and (ops & RW_OP_CLAMP_MSS):
-        # After a rebuild the options are known good, so this cannot fail past the first change.
+        # After a rebuild the options are known good (the kept ones walked, the insert whole
+        # options), so this cannot fail past the first change.
         status = rw_clamp_mss(pkt, a.mss, counters)
     if status == RW_OK and (ops & RW_OPS_NAT):
         if ops & RW_OP_NAT_SRC:

@@ -18,7 +18,7 @@ from rewrite cimport (
     RW_OP_NAT_DPORT, RW_OP_NAT_DST, RW_OP_NAT_SPORT, RW_OP_NAT_SRC, RW_OP_PUSH_ETH, RW_OP_STRIP_MPTCP,
     RW_STATUS_COUNT, VNET_CSUM_OFFSET_OFFSET, VNET_CSUM_START_OFFSET, VNET_GSO_SIZE_OFFSET,
     VNET_HDR_LEN_OFFSET, RwAction, RwBatch, RwPacket, _load_le16, rw_batch_free, rw_batch_init,
-    rw_batch_run, rw_batch_slot, rw_parse,
+    rw_batch_run, rw_batch_slot, rw_options_whole, rw_parse,
 )
 
 OK = RW_OK
@@ -226,8 +226,9 @@ cdef class PacketBatch:
     def set_action(self, Py_ssize_t i, *, bint strip_mptcp=False, options=None, clamp_mss=None,
                    src=None, dst=None, sport=None, dport=None, eth=None):
         """What the next run() does to slot i: strip MPTCP options, insert `options` (opaque
-        bytes, <= 40), clamp a SYN's MSS, NAT (address bytes / ipaddress objects, ports), push
-        an Ethernet header (`eth`: destination + source MAC, 12 bytes). None leaves a part out."""
+        bytes, <= 40, but whole options: no EOL, every length >= 2 but a NOP's), clamp a SYN's
+        MSS, NAT (address bytes / ipaddress objects, ports), push an Ethernet header (`eth`:
+        destination + source MAC, 12 bytes). None leaves a part out."""
         self._check(i)
         cdef RwAction a
         memset(&a, 0, sizeof(RwAction))
@@ -239,6 +240,10 @@ cdef class PacketBatch:
             mv = bytes(options)
             if mv.shape[0] > MAX_OPTIONS:
                 raise ValueError(f"at most {MAX_OPTIONS} option bytes, not {mv.shape[0]}")
+            # Once here, not per packet: run() would only count such a slot as a bad request.
+            if mv.shape[0] and not rw_options_whole(&mv[0], mv.shape[0]):
+                raise ValueError(f"options to insert must be whole TCP options without EOL, "
+                                 f"not {bytes(mv).hex()}")
             a.ops |= RW_OP_INSERT_OPTIONS
             a.options_len = <uint8_t>mv.shape[0]
             if mv.shape[0]:

@@ -418,9 +418,71 @@ def test_down_from_another_process_while_the_tun_is_held(lab, jdir):
     assert_same(before, snapshot(ns))
 
 
-def _plan_length(ns):
+def _plan_ops(ns):
     cfg = NetConfig(IFACES)
-    return len(build_plan(cfg, discover(cfg, netns_name=ns)).ops)
+    return build_plan(cfg, discover(cfg, netns_name=ns)).ops
+
+
+def _plan_length(ns):
+    return len(_plan_ops(ns))
+
+
+# `up` in a child that SIGKILLs itself at one point: "before" step k's work (its undo is
+# journaled, the object not created), "after" step k's work (before the journal records what
+# it did), or "create": right after the k-th os call inside Journal.create. Prints "done" if
+# up finished first.
+_KILLED_UP = """
+import os, signal, sys
+import mptun.netcfg.apply as A
+import mptun.netcfg.journal as J
+from mptun.netcfg import NetConfig, up
+where, k, ns, jdir, ifaces = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5:]
+
+def die(*_):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+if where in ("before", "after"):
+    n = [0]
+    orig = A._Executor.do
+    def do(self, op):
+        if n[0] == k:
+            work = getattr(self, "_do_" + op.kind)
+            setattr(self, "_do_" + op.kind, die if where == "before" else lambda op: (work(op), die()))
+        n[0] += 1
+        return orig(self, op)
+    A._Executor.do = do
+else:
+    calls = [0]
+    class KillingOs:
+        def __getattr__(self, name):
+            f = getattr(os, name)
+            if not callable(f):
+                return f
+            def call(*a, **kw):
+                r = f(*a, **kw)
+                if calls[0] == k:
+                    die()
+                calls[0] += 1
+                return r
+            return call
+    create = J.Journal.create.__func__
+    def killing_create(cls, path, header):
+        J.os = KillingOs()
+        try:
+            return create(cls, path, header)
+        finally:
+            J.os = os
+    J.Journal.create = classmethod(killing_create)
+up(NetConfig(ifaces), netns_name=ns, journal_dir=jdir)
+print("done", flush=True)
+"""
+
+
+def _run_killed_up(ns, jdir, where, k):
+    proc = subprocess.run([sys.executable, "-c", _KILLED_UP, where, str(k), ns, jdir, *IFACES], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode in (0, -signal.SIGKILL), proc.stderr
+    return proc.returncode == 0
 
 
 def test_sigkill_at_any_step_of_up_is_undone_by_down(lab, jdir):
@@ -428,22 +490,51 @@ def test_sigkill_at_any_step_of_up_is_undone_by_down(lab, jdir):
     ns = lab.client
     before = snapshot(ns)
     for k in range(_plan_length(ns)):
-        # In the child, step k's own work is replaced by SIGKILL: its undo is
-        # journaled, the object not created (undo must tolerate that).
-        code = (f"import os, signal\nimport mptun.netcfg.apply as A\nfrom mptun.netcfg import NetConfig, up\n"
-                f"n = [0]\norig = A._Executor.do\n"
-                f"def do(self, op):\n"
-                f"    if n[0] == {k}:\n"
-                f"        setattr(self, '_do_' + op.kind, lambda op: os.kill(os.getpid(), signal.SIGKILL))\n"
-                f"    n[0] += 1\n"
-                f"    return orig(self, op)\n"
-                f"A._Executor.do = do\n"
-                f"up(NetConfig({IFACES!r}), netns_name={ns!r}, journal_dir={jdir!r})\n")
-        proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
-        assert proc.returncode == -signal.SIGKILL, proc.stderr
+        assert not _run_killed_up(ns, jdir, "before", k)
         if is_up("mptun0", journal_dir=jdir):
-            down("mptun0", journal_dir=jdir)
+            assert down("mptun0", journal_dir=jdir) == []
         assert_same(before, snapshot(ns))
+
+
+def test_sigkill_between_a_step_and_its_journal_record_is_undone_by_down(lab, jdir):
+    """The daemon dies after step k's work, before the journal says what it did (the TUN's
+    index, a filter's handle, the sysctl value written...). Undo still removes what is
+    provably mptun's. An ingress qdisc or a GRO setting cannot be told from one someone else
+    made meanwhile: those stay, and down says so."""
+    ns = lab.client
+    before = snapshot(ns)
+    ops = _plan_ops(ns)
+    assert {"sysctl", "tun", "gro", "qdisc", "filter"} <= {op.kind for op in ops}   # every recording step
+    for k, op in enumerate(ops):
+        assert not _run_killed_up(ns, jdir, "after", k)
+        notes = down("mptun0", journal_dir=jdir) if is_up("mptun0", journal_dir=jdir) else []
+        if op.kind in ("qdisc", "gro"):
+            assert len(notes) == 1 and op.dev in notes[0] and "left as it is" in notes[0], notes
+            run(ns, ["sh", "-c", f"tc qdisc del dev {op.dev} ingress" if op.kind == "qdisc"
+                     else f"ethtool -K {op.dev} gro off"])
+        else:
+            assert notes == [], (op, notes)
+        assert_same(before, snapshot(ns))
+
+
+def test_sigkill_inside_journal_create_is_cleared_by_down_and_up_works_again(lab, jdir):
+    """Wherever Journal.create dies (before or after the header is written), the journal left
+    behind is one `down` removes, never one it calls damaged; then `up` runs (in the next
+    round, to completion in the last)."""
+    ns = lab.client
+    before = snapshot(ns)
+    path = journal_path("mptun0", jdir)
+    for k in range(50):
+        finished = _run_killed_up(ns, jdir, "create", k)
+        if os.path.exists(path):
+            assert down("mptun0", journal_dir=jdir) == []
+        assert not os.path.exists(path) and not os.path.exists(path + ".tmp")
+        assert_same(before, snapshot(ns))
+        if finished:
+            assert k > 2
+            break
+    else:
+        raise AssertionError("up never finished")
 
 
 def test_failure_at_any_step_is_rolled_back(lab, jdir, monkeypatch):

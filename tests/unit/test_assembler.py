@@ -485,3 +485,13 @@ def test_dsn_outside_64_bits_is_a_caller_error(asm):
         asm.insert(M64, b"x")
     with pytest.raises(OverflowError):
         asm.insert(-1, b"x")
+
+
+def test_none_is_not_data_or_a_buffer(asm):
+    # The compiled memoryview arguments would take None as an empty buffer and return 0.
+    asm.insert(START, b"ab")
+    with pytest.raises(TypeError):
+        asm.insert(START + 2, None)
+    with pytest.raises(TypeError):
+        asm.read_into(None)
+    assert asm.read(CAP) == b"ab"

@@ -1,6 +1,10 @@
 """Checksum primitives against an independent full recomputation (a word-by-word reference here,
 and scapy's own IPv4/TCP checksum code), on both the compiled module and its pure twin."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from scapy.layers.inet import IP, TCP, in4_chksum
@@ -8,6 +12,8 @@ from scapy.layers.inet6 import IPv6, in6_chksum
 from scapy.utils import checksum as scapy_checksum
 
 from mptun import impl
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 # impl_kind is a plain string, safe to share between generated examples; no deadline, since
@@ -316,3 +322,78 @@ def test_fast_and_pure_agree(data, offset, src, dst, seg, check, old, new):
         ("dss_checksum", (1 << 40, 5, len(data), data)),
     ]:
         assert getattr(fast, name)(*args) == getattr(pure, name)(*args), name
+
+
+# --- caller errors --------------------------------------------------------------------------------
+
+# Arguments whose lengths or offsets the compiled wrappers would otherwise trust: each must raise
+# ValueError on both twins, also under `python -O` (which strips assert statements, while the
+# build turns Cython's bounds checks off).
+BAD_CALLS = [
+    ("ipv4 header short", lambda ck: ck.ipv4_header_checksum(bytes(19))),
+    ("ipv4 header not words", lambda ck: ck.ipv4_header_checksum(bytes(22))),
+    ("ipv4 header long", lambda ck: ck.ipv4_header_checksum(bytes(64))),
+    ("pseudo v4 src", lambda ck: ck.pseudo_partial_v4(bytes(3), bytes(4), 20)),
+    ("pseudo v4 dst", lambda ck: ck.pseudo_partial_v4(bytes(4), bytes(16), 20)),
+    ("pseudo v6 src", lambda ck: ck.pseudo_partial_v6(bytes(4), bytes(16), 20)),
+    ("pseudo v6 dst", lambda ck: ck.pseudo_partial_v6(bytes(16), bytes(15), 20)),
+    ("tcp v4 src", lambda ck: ck.tcp_checksum_v4(bytes(0), bytes(4), bytes(20))),
+    ("tcp v4 segment", lambda ck: ck.tcp_checksum_v4(bytes(4), bytes(4), bytes(19))),
+    ("tcp v6 dst", lambda ck: ck.tcp_checksum_v6(bytes(16), bytes(4), bytes(20))),
+    ("tcp v6 segment", lambda ck: ck.tcp_checksum_v6(bytes(16), bytes(16), bytes(0))),
+    ("update addr4", lambda ck: ck.update_addr4(0, bytes(4), bytes(3))),
+    ("update addr6", lambda ck: ck.update_addr6(0, bytes(4), bytes(16))),
+    ("ones_sum offset", lambda ck: ck.ones_sum(b"ab", 0, -1)),
+    ("partial end past buffer", lambda ck: ck.complete_partial(bytearray(40), 20, 16, 41)),
+    ("partial field past end", lambda ck: ck.complete_partial(bytearray(40), 20, 16, 37)),
+    ("partial field past buffer", lambda ck: ck.complete_partial(bytearray(40), 20, 19)),
+    ("partial start negative", lambda ck: ck.complete_partial(bytearray(40), -4, 16)),
+    ("partial offset negative", lambda ck: ck.complete_partial(bytearray(40), 20, -30)),
+    ("partial end before start", lambda ck: ck.complete_partial(bytearray(40), 20, 0, 10)),
+]
+
+
+def not_refused(kind, calls):
+    """Labels of the calls that did not raise ValueError on the given twin."""
+    mod = impl.load("checksum", kind)
+    out = []
+    for label, call in calls:
+        try:
+            call(mod)
+        except ValueError:
+            continue
+        except Exception as e:
+            out.append(f"{label}: {type(e).__name__}")
+            continue
+        out.append(label)
+    return out
+
+
+@pytest.mark.parametrize("label, call", BAD_CALLS, ids=[c[0] for c in BAD_CALLS])
+def test_bad_lengths_and_offsets_raise_value_error(ck, label, call):
+    with pytest.raises(ValueError):
+        call(ck)
+
+
+def test_bad_lengths_and_offsets_raise_value_error_under_python_O():
+    code = ("import sys\nassert False, 'asserts are on'\n"
+            "from tests.unit.test_checksum import BAD_CALLS, not_refused\n"
+            "print(sys.flags.optimize, {k: not_refused(k, BAD_CALLS) for k in ('fast', 'pure')})\n")
+    proc = subprocess.run([sys.executable, "-O", "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "1 {'fast': [], 'pure': []}"
+
+
+def test_complete_partial_leaves_the_buffer_alone_when_refused(ck):
+    buf = bytearray(range(40))
+    for start, offset, end in ((20, -30, None), (20, 19, None), (20, 16, 41), (-4, 16, None)):
+        with pytest.raises(ValueError):
+            ck.complete_partial(buf, start, offset, end)
+    assert buf == bytearray(range(40))
+
+
+def test_none_is_not_a_buffer(ck):
+    for call in (lambda: ck.ones_sum(None), lambda: ck.internet_checksum(None),
+                 lambda: ck.pseudo_partial_v4(None, bytes(4), 20), lambda: ck.complete_partial(None, 0, 0)):
+        with pytest.raises(TypeError):
+            call()

@@ -1,6 +1,10 @@
 """mptcpopt twins (compiled mptcpopt.pxd and its pure twin): the flat TcpOptions record and the
 emitters, on the hand-written and Linux fixtures, and fast == pure on generated inputs."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -22,6 +26,7 @@ from tests.unit.fixtures_mptcp import (
     u64,
 )
 
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SETTINGS = settings(max_examples=400, deadline=None)
 FAST, PURE = impl.load("mptcpopt", "fast"), impl.load("mptcpopt", "pure")
 HAS_MSS, HAS_WSCALE, HAS_SACK_PERMITTED, HAS_SACK, HAS_TIMESTAMPS, HAS_MPTCP, HAS_UNKNOWN, HAS_EOL = (
@@ -239,3 +244,61 @@ def test_emit_dss_then_parse_gives_the_fields_back(value):
 def test_twin_emitters_agree_on_raw_arguments(emit, a, b, c):
     assert emit(FAST, a, b, c) == emit(PURE, a, b, c)
 
+
+
+# --- caller errors --------------------------------------------------------------------------------
+
+# The compiled emitters copy 20 bytes of hmac and 4 or 16 of address whatever their length: these
+# must raise ValueError on both twins, also under `python -O` (which strips assert statements).
+BAD_CALLS = [
+    ("join ack hmac short", lambda m: m.emit_mp_join_ack(bytes(19))),
+    ("join ack hmac long", lambda m: m.emit_mp_join_ack(bytes(21))),
+    ("join ack hmac empty", lambda m: m.emit_mp_join_ack(b"")),
+    ("add_addr empty", lambda m: m.emit_add_addr(1, False, b"")),
+    ("add_addr 5 bytes", lambda m: m.emit_add_addr(1, False, bytes(5))),
+    ("add_addr 15 bytes", lambda m: m.emit_add_addr(1, True, bytes(15), True, 80)),
+]
+
+
+def not_refused(kind, calls):
+    """Labels of the calls that did not raise ValueError on the given twin."""
+    mod = impl.load("mptcpopt", kind)
+    out = []
+    for label, call in calls:
+        try:
+            call(mod)
+        except ValueError:
+            continue
+        except Exception as e:
+            out.append(f"{label}: {type(e).__name__}")
+            continue
+        out.append(label)
+    return out
+
+
+@pytest.mark.parametrize("label, call", BAD_CALLS, ids=[c[0] for c in BAD_CALLS])
+def test_bad_hmac_and_address_lengths_raise_value_error(opt, label, call):
+    with pytest.raises(ValueError):
+        call(opt)
+
+
+def test_bad_hmac_and_address_lengths_raise_value_error_under_python_O():
+    code = ("import sys\nassert False, 'asserts are on'\n"
+            "from tests.unit.test_mptcp_options_twins import BAD_CALLS, not_refused\n"
+            "print(sys.flags.optimize, {k: not_refused(k, BAD_CALLS) for k in ('fast', 'pure')})\n")
+    proc = subprocess.run([sys.executable, "-O", "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "1 {'fast': [], 'pure': []}"
+
+
+def test_good_hmac_and_address_lengths_still_emit(opt):
+    assert len(opt.emit_mp_join_ack(bytes(range(20)))) == 24
+    assert opt.emit_add_addr(1, True, bytes(4))[:2] == bytes([30, 8])
+    assert opt.emit_add_addr(1, True, bytes(16))[:2] == bytes([30, 20])
+
+
+def test_present_bits_are_on_both_twins(opt):
+    assert (opt.HAS_MSS, opt.HAS_WSCALE, opt.HAS_SACK_PERMITTED, opt.HAS_SACK, opt.HAS_TIMESTAMPS, opt.HAS_MPTCP,
+            opt.HAS_UNKNOWN, opt.HAS_EOL) == (HAS_MSS, HAS_WSCALE, HAS_SACK_PERMITTED, HAS_SACK, HAS_TIMESTAMPS,
+                                               HAS_MPTCP, HAS_UNKNOWN, HAS_EOL)
+    assert opt.SUBTYPE_NONE == 0xFF

@@ -1,15 +1,21 @@
 """The netcfg plan without root: config validation, address layout, the operations a
-host gets and their order, the u32 port blocks, reserved-port bookkeeping, the journal."""
+host gets and their order, the u32 port blocks, reserved-port bookkeeping, the journal,
+and what undo may touch (over fake kernel state)."""
 
 import json
 import os
+import signal
+import subprocess
+import sys
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, ip_network
 
 import pytest
 
+import mptun.netcfg.apply as apply_mod
 from mptun.netcfg import NetConfig, NetcfgError
+from mptun.netcfg.apply import _Executor, _refuse_if_up, down
 from mptun.netcfg.capture import capture_keys, port_blocks
-from mptun.netcfg.interfaces import Host, Interface
+from mptun.netcfg.interfaces import RESERVED_PORTS, Host, Interface
 from mptun.netcfg.journal import Journal, journal_path
 from mptun.netcfg.plan import (IFF_NO_PI, IFF_TUN, IFF_TUN_EXCL, IFF_VNET_HDR, AddCaptureFilter, AddIngressQdisc,
                                AddRoute, AddRule, CreateTun, SetGro, SetLink, SetSysctl, build_plan,
@@ -339,3 +345,242 @@ def test_damaged_journal_is_one_line(tmp_path):
     with pytest.raises(NetcfgError, match="damaged") as e:
         Journal.load(path)
     assert "\n" not in str(e.value)
+
+
+# A child process that creates the journal and is SIGKILLed right after the k-th os call
+# Journal.create makes (whatever those calls are); it prints "done" if create finished first.
+_KILL_IN_CREATE = """
+import os, signal, sys
+import mptun.netcfg.journal as J
+k, path = int(sys.argv[1]), sys.argv[2]
+calls = [0]
+class KillingOs:
+    def __getattr__(self, name):
+        f = getattr(os, name)
+        if not callable(f):
+            return f
+        def call(*a, **kw):
+            r = f(*a, **kw)
+            if calls[0] == k:
+                os.kill(os.getpid(), signal.SIGKILL)
+            calls[0] += 1
+            return r
+        return call
+J.os = KillingOs()
+J.Journal.create(path, {"tun": "mptun0", "interfaces": ["eth0"], "netns": None, "netns_inode": 1})
+J.os = os
+print("done")
+"""
+
+
+def test_sigkill_inside_journal_create_leaves_nothing_down_cannot_clear(tmp_path):
+    """Wherever create dies, the journal it leaves is one `down` removes (nothing was changed
+    yet), after which `up` is no longer refused; never one it calls damaged."""
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    for k in range(100):
+        jdir = tmp_path / str(k)
+        path = journal_path("mptun0", str(jdir))
+        proc = subprocess.run([sys.executable, "-c", _KILL_IN_CREATE, str(k), path], cwd=repo,
+                              capture_output=True, text=True, timeout=60)
+        if proc.returncode == 0:
+            assert proc.stdout.strip() == "done" and k > 0
+            break
+        assert proc.returncode == -signal.SIGKILL, proc.stderr
+        if os.path.exists(path):
+            assert Journal.load(path).entries == []
+            with pytest.raises(NetcfgError, match="already up"):
+                _refuse_if_up("mptun0", path)
+            assert down("mptun0", journal_dir=str(jdir)) == []
+        if jdir.exists():
+            assert not [f for f in os.listdir(jdir) if f.startswith("mptun0")]   # no .tmp left either
+        _refuse_if_up("mptun0", path)
+    else:
+        raise AssertionError("Journal.create never finished")
+
+
+def test_empty_journal_file_has_no_entries_and_down_removes_it(tmp_path):
+    path = journal_path("mptun0", str(tmp_path))
+    open(path, "w").close()
+    j = Journal.load(path)
+    assert j.entries == [] and j.header["version"] == 1
+    assert down("mptun0", journal_dir=str(tmp_path)) == []
+    assert not os.path.exists(path)
+
+
+def test_created_journal_is_complete_on_disk_at_once(tmp_path, monkeypatch):
+    """The header goes through the exclusive fd: no rewrite (and no .tmp) is needed to finish it."""
+    path = journal_path("mptun0", str(tmp_path))
+    replaced = []
+    monkeypatch.setattr(os, "replace", lambda *a: replaced.append(a))
+    Journal.create(path, {"tun": "mptun0"})
+    assert replaced == []
+    with open(path) as f:
+        assert json.load(f) == {"version": 1, "tun": "mptun0", "entries": []}
+
+
+# ---------------------------------------------------------------- guarded undo
+
+def test_unreserve_leaves_a_range_someone_else_rewrote():
+    """Some of mptun's ports are no longer reserved: the value was rewritten since, and what is
+    left of the range may be someone else's now. Nothing is removed."""
+    assert unreserve_ports("62000-62010", "", "61440-65535") is None
+    assert unreserve_ports("8080,61440-62000", "8080", "8080,61440-65535") is None
+    # The range whole: what others added beside it stays, the range goes.
+    assert unreserve_ports("9000,61440-65535", "", "61440-65535") == "9000"
+
+
+class _Msg(dict):
+    def get_attr(self, name):
+        return self.get(name)
+
+
+class FakeIpr:
+    """The few IPRoute calls the qdisc steps make, over a dict of devices."""
+
+    def __init__(self, links, ingress=(), filters=()):
+        self.links = dict(links)             # name -> ifindex
+        self.ingress = set(ingress)          # ifindexes with an ingress qdisc
+        self.filters = list(filters)
+        self.calls = []
+
+    def link_lookup(self, ifname):
+        return [self.links[ifname]] if ifname in self.links else []
+
+    def get_qdiscs(self, index):
+        return [_Msg(TCA_KIND="ingress")] if index in self.ingress else []
+
+    def get_filters(self, index, parent):
+        return list(self.filters)
+
+    def tc(self, cmd, kind, index):
+        self.calls.append((cmd, kind, index))
+        if cmd == "add":
+            self.ingress.add(index)
+        elif cmd == "del":
+            self.ingress.discard(index)
+
+
+@pytest.fixture
+def executor(tmp_path):
+    made = []
+
+    def make(ipr):
+        made.append(ipr)
+        path = journal_path("mptun0", str(tmp_path / str(len(made))))
+        return _Executor(ipr, Journal.create(path, {"tun": "mptun0"}))
+
+    return make
+
+
+def test_qdisc_undo_without_its_record_leaves_the_qdisc(executor):
+    """SIGKILL between journaling the step and adding the qdisc: the ingress qdisc there now
+    (no filters) may be someone else's, so it stays, with a note."""
+    ipr = FakeIpr({"eth0": 7}, ingress={7})
+    note = executor(ipr).undo(AddIngressQdisc("eth0"), {})
+    assert ipr.ingress == {7} and ipr.calls == []
+    assert "eth0" in note and "left as it is" in note
+    # No qdisc there at all: nothing to say.
+    assert executor(FakeIpr({"eth0": 7})).undo(AddIngressQdisc("eth0"), {}) is None
+
+
+def test_qdisc_step_records_its_device_and_undo_removes_that_qdisc(executor):
+    ipr = FakeIpr({"eth0": 7})
+    ex = executor(ipr)
+    ex.do(AddIngressQdisc("eth0"))
+    assert ex.journal.entries[-1]["extra"] == {"ifindex": 7}
+    assert ex.undo(AddIngressQdisc("eth0"), ex.journal.entries[-1]["extra"]) is None
+    assert ipr.ingress == set() and ipr.calls == [("add", "ingress", 7), ("del", "ingress", 7)]
+
+
+def test_qdisc_undo_leaves_a_qdisc_on_another_device_of_that_name(executor):
+    ipr = FakeIpr({"eth0": 9}, ingress={9})
+    note = executor(ipr).undo(AddIngressQdisc("eth0"), {"ifindex": 7})
+    assert ipr.ingress == {9} and "left as it is" in note
+
+
+def test_qdisc_undo_leaves_a_qdisc_holding_filters_of_someone_else(executor):
+    ipr = FakeIpr({"eth0": 7}, ingress={7}, filters=[{"info": 7 << 16, "handle": 0x800}])
+    note = executor(ipr).undo(AddIngressQdisc("eth0"), {"ifindex": 7})
+    assert ipr.ingress == {7} and "someone else" in note
+
+
+@pytest.fixture
+def gro(monkeypatch):
+    """The GRO setting of each device, behind apply's get_gro/set_gro."""
+    state = {"eth0": False}
+    sets = []
+    monkeypatch.setattr(apply_mod, "get_gro", lambda dev: state.get(dev))
+    monkeypatch.setattr(apply_mod, "set_gro", lambda dev, on: (sets.append((dev, on)), state.__setitem__(dev, on)))
+    return state, sets
+
+
+def test_gro_step_records_what_the_device_reports(executor, gro):
+    state, sets = gro
+    ex = executor(FakeIpr({"eth0": 7}))
+    ex.do(SetGro("eth0", old=False, new=True))
+    assert ex.journal.entries[-1]["extra"] == {"gro": True}
+    assert ex.undo(SetGro("eth0", old=False, new=True), {"gro": True}) is None
+    assert state["eth0"] is False and sets == [("eth0", True), ("eth0", False)]
+
+
+def test_gro_undo_without_its_record_changes_nothing(executor, gro):
+    """SIGKILL between journaling and setting GRO: GRO on now may be someone else's doing."""
+    state, sets = gro
+    state["eth0"] = True
+    note = executor(FakeIpr({"eth0": 7})).undo(SetGro("eth0", old=False, new=True), {})
+    assert sets == [] and state["eth0"] is True
+    assert "eth0" in note and "left as it is" in note
+    state["eth0"] = False
+    assert executor(FakeIpr({"eth0": 7})).undo(SetGro("eth0", old=False, new=True), {}) is None
+    assert sets == []
+
+
+def test_gro_undo_leaves_a_setting_that_is_not_what_mptun_set(executor, gro):
+    state, sets = gro
+    ex = executor(FakeIpr({"eth0": 7}))
+    # The driver kept GRO off: mptun changed nothing.
+    assert ex.undo(SetGro("eth0", old=False, new=True), {"gro": False}) is None
+    # The user turned it off again since: nothing left to undo.
+    assert ex.undo(SetGro("eth0", old=False, new=True), {"gro": True}) is None
+    assert sets == []
+
+
+@pytest.fixture
+def sysctls(monkeypatch):
+    values = {}
+    writes = []
+    monkeypatch.setattr(apply_mod, "read_sysctl", lambda key: values[key])
+    monkeypatch.setattr(apply_mod, "write_sysctl", lambda key, v: (writes.append(v), values.__setitem__(key, v)))
+    return values, writes
+
+
+def test_reserved_ports_undo_leaves_a_value_someone_else_rewrote(executor, sysctls):
+    values, writes = sysctls
+    values[RESERVED_PORTS] = "62000-62010"
+    note = executor(FakeIpr({})).undo(SetSysctl(RESERVED_PORTS, "", "61440-65535"), {"written": "61440-65535"})
+    assert writes == [] and "left as it is" in note
+
+
+def test_reserved_ports_undo_keeps_what_others_added_beside_the_range(executor, sysctls):
+    values, writes = sysctls
+    values[RESERVED_PORTS] = "8080,9000,61440-65535"
+    op = SetSysctl(RESERVED_PORTS, "8080", "8080,61440-65535")
+    assert executor(FakeIpr({})).undo(op, {"written": "8080,61440-65535"}) is None
+    assert writes == ["8080,9000"]
+
+
+def test_reserved_ports_undo_without_its_record(executor, sysctls):
+    """SIGKILL between writing the value and recording it: the value is mptun's only if it is
+    exactly what was being written."""
+    values, writes = sysctls
+    op = SetSysctl(RESERVED_PORTS, "8080", "8080,61440-65535")
+    values[RESERVED_PORTS] = "8080,61440-65535"
+    assert executor(FakeIpr({})).undo(op, {}) is None
+    assert writes == ["8080"]
+    writes.clear()
+    values[RESERVED_PORTS] = "8080"   # killed before the write
+    assert executor(FakeIpr({})).undo(op, {}) is None
+    assert writes == []
+    values[RESERVED_PORTS] = "8080,9000,61440-65535"   # and someone else wrote since
+    assert "left as it is" in executor(FakeIpr({})).undo(op, {})
+    assert writes == []

@@ -5,8 +5,13 @@ Packets are built here with struct and checked by independent full recomputation
 sum written here, and scapy's dissector); NEEDS_CSUM packets are completed as the kernel would.
 """
 
+import importlib.util
 import ipaddress
+import os
 import struct
+import subprocess
+import sys
+from importlib.machinery import EXTENSION_SUFFIXES
 
 import pytest
 from scapy.layers.inet import IP, in4_chksum
@@ -14,6 +19,8 @@ from scapy.layers.inet6 import IPv6, in6_chksum
 from scapy.utils import checksum as scapy_checksum
 
 from mptun import impl
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 ACK, SYN, FIN, PSH = 0x10, 0x02, 0x01, 0x08
 NEEDS_CSUM, DATA_VALID = 1, 2
@@ -491,6 +498,111 @@ def test_insert_with_an_ipv6_extension_header(rw):
     assert status == rw.OK
     d = verify(out, 10)
     assert d.ip_hlen == 48 and d.options == NOP + NOP + TS + dss_full() + NOP + NOP
+
+
+# An insert block must be whole options end to end, as the MSS clamp and the receiver walk them:
+# a block the walk rejects would otherwise be copied in and make a later step fail on a packet
+# that has already changed.
+BAD_BLOCKS = {
+    "length past the end": b"\x1e\x09",
+    "kind byte without a length": dss_ack_only() + b"\x1e",
+    "length 1": b"\x1e\x01\x00\x00",
+    "length 0": b"\x1e\x00",
+    "EOL": b"\x00",
+    "EOL after an option": dss_ack_only() + b"\x00\x00\x00\x00",
+    "NOP then EOL": NOP + b"\x00",
+}
+
+# rw_apply with a raw RwAction, the way a C caller of rewrite.pxd drives it (no set_action checks).
+PROBE = """
+# cython: language_level=3
+from libc.string cimport memcpy, memset
+from rewrite cimport RW_OP_CLAMP_MSS, RW_OP_INSERT_OPTIONS, RwAction, RwPacket, rw_apply
+
+def apply_raw(bytes pkt, bytes insert, int mss):
+    cdef unsigned char buf[1024]
+    cdef RwPacket p
+    cdef RwAction a
+    assert len(pkt) <= 512 and len(insert) <= 40
+    memset(buf, 0, sizeof(buf))
+    memset(&p, 0, sizeof(p))
+    memset(&a, 0, sizeof(a))
+    memcpy(buf + 256, <const char*>pkt, len(pkt))
+    p.data, p.length, p.headroom = buf + 256, len(pkt), 256
+    a.ops = RW_OP_INSERT_OPTIONS | RW_OP_CLAMP_MSS
+    a.options_len, a.mss = len(insert), mss
+    memcpy(a.options, <const char*>insert, len(insert))
+    status = rw_apply(&p, &a, NULL)
+    return status, bytes(p.data[:p.length])
+"""
+_BUILD_PROBE = (
+    "from Cython.Build import cythonize\nfrom setuptools import Extension, setup\n"
+    "setup(ext_modules=cythonize([Extension('rwprobe', ['rwprobe.pyx'], include_dirs=[{inc!r}])],"
+    " include_path=[{inc!r}], quiet=True), script_args=['build_ext', '--inplace'])\n")
+
+
+@pytest.fixture(scope="module")
+def raw_apply(tmp_path_factory):
+    """{impl kind: apply_raw(pkt, insert, mss) -> (status, packet)}."""
+    d = tmp_path_factory.mktemp("rwprobe")
+    (d / "rwprobe.pyx").write_text(PROBE)
+    inc = os.path.join(REPO, "src", "fastpath")
+    proc = subprocess.run([sys.executable, "-c", _BUILD_PROBE.format(inc=inc)], cwd=d, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    so = [f for f in os.listdir(d) if f.startswith("rwprobe.") and f.endswith(tuple(EXTENSION_SUFFIXES))]
+    spec = importlib.util.spec_from_file_location("rwprobe", d / so[0])
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+
+    def pure(pkt, insert, mss):
+        rw = impl.load("rewrite", "pure")
+        a = rw._Action()
+        a.ops, a.options, a.mss = rw._OP_INSERT_OPTIONS | rw._OP_CLAMP_MSS, insert, mss
+        buf = bytearray(256) + bytearray(pkt)
+        p = rw._Pkt(buf, 256, len(pkt), 256, 0)
+        status = rw._apply(p, a, [0] * len(rw.COUNTER_NAMES))
+        return status, bytes(buf[p.data:p.data + p.length])
+
+    return {"fast": probe.apply_raw, "pure": pure}
+
+
+@pytest.mark.parametrize("block", BAD_BLOCKS.values(), ids=BAD_BLOCKS.keys())
+def test_insert_that_is_not_whole_options_is_a_bad_request_and_changes_nothing(rw, impl_kind, raw_apply, block):
+    """The contract of rewrite.pxd: unchanged unless ok. Here the MSS clamp after the insert would fail."""
+    syn = build(4, flags=SYN, options=MSS1460)
+    assert len(syn) == 44
+    status, out = raw_apply[impl_kind](syn, block, 1000)
+    assert rw.status_name(status) == "bad request"
+    assert out == syn
+
+
+def test_whole_options_in_a_raw_action_still_go_in(rw, impl_kind, raw_apply):
+    syn = build(4, flags=SYN, options=MSS1460)
+    status, out = raw_apply[impl_kind](syn, NOP + bytes([30, 3, 0x50]), 1000)
+    assert status == rw.OK
+    d = verify(out)
+    assert d.options == b"\x02\x04\x03\xe8" + NOP + bytes([30, 3, 0x50])
+
+
+@pytest.mark.parametrize("block", BAD_BLOCKS.values(), ids=BAD_BLOCKS.keys())
+def test_set_action_refuses_an_insert_that_is_not_whole_options(rw, block):
+    syn = build(4, flags=SYN, options=MSS1460)
+    batch = rw.PacketBatch(1, max_packet=200)
+    batch.append(syn)
+    with pytest.raises(ValueError, match="whole TCP options"):
+        batch.set_action(0, options=block, clamp_mss=1000)
+    with pytest.raises(ValueError, match="whole TCP options"):
+        rw.rewrite(syn, options=block, clamp_mss=1000)
+    batch.run()
+    assert batch.status(0) == rw.OK and batch.packet(0) == syn
+
+
+def test_nops_alone_and_around_options_are_whole_options(rw):
+    pkt = build(4, options=NOP + NOP + TS, payload=b"n")
+    for block in (NOP, NOP + NOP + dss_ack_only(), dss_ack_only() + NOP):
+        status, out = rw.rewrite(pkt, options=block)
+        assert status == rw.OK, block
+        assert verify(out).options == pad4(NOP + NOP + TS + block)
 
 
 # --- options: strip -------------------------------------------------------------------------------
