@@ -91,13 +91,46 @@ def _is_daemon(pid: int) -> bool:
     return b"mptun.daemon" in argv and state not in ("Z", "X")
 
 
+class _Lock:
+    """`up` and `down` of one TUN, one at a time: an flock on the TUN's log file.
+
+    `up` holds it from its first check until the daemon is ready (or has failed), so a `down`
+    that comes meanwhile waits, then finds the daemon's pid and stops it. The lock is taken on an
+    open file of its own: the daemon's inherited log descriptor never holds it.
+    """
+
+    def __init__(self, run_dir: str, tun: str, timeout: float = 90.0):
+        from mptun.daemon import run_paths
+
+        self.path = run_paths(run_dir, tun)["log"]
+        self.timeout = timeout
+        self.fd = -1
+
+    def __enter__(self):
+        import fcntl
+        import time
+
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return self
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(self.fd)
+                    raise CliError("another mptun up or down is still running on this TUN") from None
+                time.sleep(0.05)
+
+    def __exit__(self, *exc):
+        os.close(self.fd)   # releases the lock
+        return False
+
+
 def cmd_up(args) -> int:
     _need_root("mptun up")
-    import json
-    import subprocess
-
-    from mptun.daemon import run_paths
-    from mptun.netcfg import NetConfig, is_up
+    from mptun.netcfg import NetConfig
 
     fields = {"interfaces": list(args.interfaces), "tun_name": args.tun}
     if args.dest:
@@ -106,6 +139,17 @@ def cmd_up(args) -> int:
         fields["exclude"] = list(args.exclude)
     NetConfig(**fields)   # a NetcfgError here is the user's mistake, said in one line
     run_dir = _run_dir(args)
+    with _Lock(run_dir, args.tun):
+        return _up_locked(args, fields, run_dir)
+
+
+def _up_locked(args, fields: dict, run_dir: str) -> int:
+    import json
+    import subprocess
+
+    from mptun.daemon import run_paths
+    from mptun.netcfg import is_up
+
     if _daemon_pid(run_dir, args.tun) is not None or is_up(args.tun, journal_dir=run_dir):
         raise CliError(f"mptun is already up on {args.tun}; mptun down first")
     os.makedirs(run_dir, exist_ok=True)
@@ -122,6 +166,9 @@ def cmd_up(args) -> int:
     finally:
         os.close(w)
     try:
+        # The pid is known from now on (the daemon writes it too, before it configures
+        # anything): a `down` that comes while it is starting signals it.
+        _write_pid(files["pid"], proc.pid)
         line = _read_line(r, timeout=60.0)
     finally:
         os.close(r)
@@ -129,10 +176,33 @@ def cmd_up(args) -> int:
         print(f"mptun up on {', '.join(args.interfaces)} (tun {args.tun}, pid {proc.pid}, log {files['log']})")
         return 0
     if line.startswith("error: "):
-        proc.wait(10)
+        try:
+            proc.wait(10)
+        finally:
+            _remove_pid(files["pid"], proc.pid)
         raise CliError(line[len("error: "):])
     proc.kill()
+    proc.wait(10)
+    _remove_pid(files["pid"], proc.pid)
     raise CliError(f"the daemon did not start (see {files['log']})")
+
+
+def _write_pid(path: str, pid: int) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(f"{pid}\n")
+    os.replace(tmp, path)
+
+
+def _remove_pid(path: str, pid: int) -> None:
+    """Remove the pid file if it still names pid."""
+    try:
+        with open(path) as f:
+            if f.read().strip() != str(pid):
+                return
+        os.unlink(path)
+    except (OSError, ValueError):
+        pass
 
 
 def _daemon_env() -> dict:
@@ -167,13 +237,20 @@ def _read_line(fd: int, timeout: float) -> str:
 
 def cmd_down(args) -> int:
     _need_root("mptun down")
+    run_dir = _run_dir(args)
+    if not os.path.isdir(run_dir):
+        raise CliError(f"mptun is not up on {args.tun}")
+    with _Lock(run_dir, args.tun):
+        return _down_locked(args, run_dir)
+
+
+def _down_locked(args, run_dir: str) -> int:
     import signal
     import time
 
     from mptun.daemon import run_paths
     from mptun.netcfg import down, is_up
 
-    run_dir = _run_dir(args)
     pid = _daemon_pid(run_dir, args.tun)
     if pid is None and not is_up(args.tun, journal_dir=run_dir):
         raise CliError(f"mptun is not up on {args.tun}")

@@ -42,6 +42,12 @@ CONNECT_TIMEOUT = 140.0     # the kernel gives up on a SYN after ~127 s (tcp_syn
 APP_ACCEPT_TIMEOUT = 20.0   # the app's handshake with the listener takes one local round trip
 TCP_NOTSENT_LOWAT = 25
 SO_MARK = 36
+# At shutdown the datapath keeps running this long at most, so the resets reach the apps and peers.
+DRAIN_TIME = 0.2
+DRAIN_QUIET = 0.05
+# accept() failing (the fd limit): the socket is not watched for this long; one warning per period.
+ACCEPT_PAUSE = 0.1
+ACCEPT_WARN_EVERY = 10.0
 
 
 def run_paths(run_dir: str, tun: str) -> dict[str, str]:
@@ -87,6 +93,8 @@ class Daemon:
         self._next_port = [lo] * len(cfg.interfaces)
         self._last_tick = 0.0
         self._last_sweep = 0.0
+        self._paused: dict[str, float] = {}     # "listener"/"control" -> when to watch it again
+        self._last_accept_warning = -ACCEPT_WARN_EVERY
         self.started = time.time()
 
     # ------------------------------------------------------------ setup and teardown
@@ -94,13 +102,39 @@ class Daemon:
     def setup(self) -> None:
         cfg = self.cfg
         os.makedirs(self.run_dir, exist_ok=True)
-        self.applied = netcfg.up(cfg, journal_dir=self.run_dir)
+        # The pid before any configuration: a `down` meanwhile finds this process and signals it.
+        self._write_pid()
+        try:
+            self.applied = netcfg.up(cfg, journal_dir=self.run_dir)
+        except BaseException:
+            self._remove_pid()
+            raise
         try:
             self._setup_rest()
         except BaseException:
-            self._close_all()
-            self.applied.down()
+            try:
+                self._close_all()
+            finally:
+                try:
+                    self.applied.down()
+                finally:
+                    self._remove_pid()
             raise
+
+    def _write_pid(self) -> None:
+        tmp = f"{self.files['pid']}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        os.replace(tmp, self.files["pid"])
+
+    def _remove_pid(self) -> None:
+        try:
+            with open(self.files["pid"]) as f:
+                if f.read().strip() != str(os.getpid()):
+                    return
+            os.unlink(self.files["pid"])
+        except (OSError, ValueError):
+            pass
 
     def _setup_rest(self) -> None:
         cfg, applied = self.cfg, self.applied
@@ -135,33 +169,75 @@ class Daemon:
         self.sel.register(applied.tun.fd, selectors.EVENT_READ, ("tun", None))
         self.sel.register(self.listener, selectors.EVENT_READ, ("listener", None))
         self.sel.register(self.control, selectors.EVENT_READ, ("control", None))
-        with open(self.files["pid"], "w") as f:
-            f.write(f"{os.getpid()}\n")
         log.info("up on %s: tun %s, listener %s:%d, pid %d", ", ".join(cfg.interfaces), cfg.tun_name,
                  layout.listener_addr, self.listener_port, os.getpid())
 
     def _close_all(self) -> None:
+        """Reset every live connection (the app and the peer are told), then close the rest."""
+        try:
+            self._abort_all()
+        finally:
+            for p in self.paths:
+                p.close()
+            for name in ("listener", "control"):
+                s = getattr(self, name, None)
+                if s is not None:
+                    s.close()
+
+    def _abort_all(self) -> None:
+        dp = getattr(self, "dp", None)
         for c in list(self.conns.values()):
-            self._close_sockets(c, reset=True)
-        for p in self.paths:
-            p.close()
-        for name in ("listener", "control"):
-            s = getattr(self, name, None)
-            if s is not None:
-                s.close()
+            if c.finished:
+                continue        # its sockets are closed already; only its NAT entries linger
+            try:
+                leg = c.leg
+                if leg.syn is not None and dp is not None:
+                    # The app's SYN is still held: it gets a reset, as from its destination.
+                    syn_seq = _syn_seq(leg.syn, dp.vnet)
+                    if syn_seq is not None:
+                        dp.inject_to_app(leg, 0, (syn_seq + 1) & 0xFFFFFFFF, TCP_RST | TCP_ACK)
+                c.conn.abort("aborted_at_shutdown")
+                self._teardown(c, reset=True)
+            except Exception:
+                log.exception("shutdown: conn %d", c.conn.id)
+                c.finished = True
+        if dp is not None:
+            self._drain_tun(DRAIN_TIME)
+
+    def _drain_tun(self, limit: float) -> None:
+        """Translate and send what closing the sockets made (RSTs, MP_FASTCLOSE), bounded in time."""
+        import select
+
+        poller = select.poll()
+        poller.register(self.dp.fd, select.POLLIN)
+        deadline = time.monotonic() + limit
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            ready = poller.poll(min(left, DRAIN_QUIET) * 1000)
+            if not ready:
+                return      # quiet: the TUN is drained
+            try:
+                self.dp.poll()
+            except Exception:
+                log.exception("shutdown: datapath")
+                return
 
     def teardown(self) -> None:
-        self._close_all()
-        for k in ("sock", "pid"):
-            try:
-                os.unlink(self.files[k])
-            except FileNotFoundError:
-                pass
-        if self.applied is not None:
-            notes = self.applied.down()
-            for n in notes:
-                log.info("down: %s", n)
-        log.info("down; counters: %s", json.dumps(self.counters.snapshot()))
+        try:
+            self._close_all()
+            for k in ("sock", "pid"):
+                try:
+                    os.unlink(self.files[k])
+                except FileNotFoundError:
+                    pass
+        finally:
+            if self.applied is not None:
+                notes = self.applied.down()
+                for n in notes:
+                    log.info("down: %s", n)
+            log.info("down; counters: %s", json.dumps(self.counters.snapshot()))
 
     # ------------------------------------------------------------ the loop
 
@@ -205,6 +281,8 @@ class Daemon:
                 self._service(c)
 
     def _timers(self, now: float) -> None:
+        if self._paused:
+            self._resume_paused(now)
         for c in list(self.conns.values()):
             conn = c.conn
             if c.finished:
@@ -256,7 +334,11 @@ class Daemon:
             self._next_port[path] = lo if port >= hi else port + 1
             if self.flows.port_in_use(path, port):
                 continue
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            except OSError as e:    # EMFILE at the fd limit: this connection fails, not the packet loop
+                log.warning("subflow socket: %s", e)
+                return False
             try:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 s.setsockopt(socket.SOL_SOCKET, SO_MARK, self.cfg.fwmark)
@@ -335,7 +417,7 @@ class Daemon:
             except BlockingIOError:
                 return
             except OSError as e:
-                log.warning("accept: %s", e)
+                self._accept_failed("listener", e)
                 return
             leg = self.flows.by_fake.get((socket.inet_aton(fip), fport))
             c = self.conns.get(leg.conn.id) if leg is not None else None
@@ -347,6 +429,25 @@ class Daemon:
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             c.app = s
             self._service(c)
+
+    def _accept_failed(self, name: str, e: OSError) -> None:
+        """accept() failed (EMFILE at the fd limit, ...): the connection stays queued in the kernel,
+        so the socket would stay readable. Stop watching it for a while instead of spinning."""
+        self.counters["accept_errors"] += 1
+        now = time.monotonic()
+        if now - self._last_accept_warning >= ACCEPT_WARN_EVERY:
+            self._last_accept_warning = now
+            log.warning("accept on the %s: %s (pausing it for %.0f ms)", name, e.strerror or e,
+                        ACCEPT_PAUSE * 1000)
+        if name not in self._paused:
+            self.sel.unregister(getattr(self, name))
+        self._paused[name] = now + ACCEPT_PAUSE
+
+    def _resume_paused(self, now: float) -> None:
+        for name, until in list(self._paused.items()):
+            if now >= until:
+                del self._paused[name]
+                self.sel.register(getattr(self, name), selectors.EVENT_READ, (name, None))
 
     # ------------------------------------------------------------ moving bytes
 
@@ -528,13 +629,18 @@ class Daemon:
             if s is None:
                 continue
             fd = s.fileno()
+            if fd < 0:
+                continue    # closed already (a finished connection)
             if fd in c.events:
                 self.sel.unregister(fd)
                 del c.events[fd]
             self.by_fd.pop(fd, None)
             if reset:
                 # SO_LINGER 0: close sends a RST; on a subflow the datapath adds MP_FASTCLOSE.
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                try:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                except OSError:
+                    pass
             s.close()
         for sf in c.socks:
             sf.closed = True
@@ -562,6 +668,9 @@ class Daemon:
         try:
             s, _ = self.control.accept()
         except BlockingIOError:
+            return
+        except OSError as e:
+            self._accept_failed("control", e)
             return
         with s:
             s.settimeout(1.0)
@@ -592,6 +701,20 @@ def _syn_seq(syn: bytes | None, vnet: int) -> int | None:
 
 # ---------------------------------------------------------------- process entry
 
+def _raise_fd_limit() -> None:
+    """Three descriptors per connection and more: the soft limit goes up to the hard one."""
+    import resource
+
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY:
+            hard = max(soft, 1 << 20)
+        if soft != resource.RLIM_INFINITY and soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+    except (ValueError, OSError) as e:
+        log.warning("cannot raise the open file limit: %s", e)
+
+
 def _ready(fd: int | None, text: str) -> None:
     if fd is None:
         return
@@ -609,6 +732,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checksums", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s mptun[%(process)d] %(levelname)s %(message)s")
+    _raise_fd_limit()
     stop = {"flag": False}
     daemon: Daemon | None = None
 

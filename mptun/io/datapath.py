@@ -200,7 +200,9 @@ class Datapath:
 
     def _listener_to_app(self, i: int, f: dict):
         leg = self.flows.by_fake.get((f["dst"], f["dport"]))
-        if leg is None:
+        if leg is None or f["sport"] != self.listener_port:
+            # Only the listener speaks for the destination: another local socket sending to
+            # the fake pair must not reach the app's connection.
             self.counters["unknown_flow"] += 1
             return None
         self.batch.set_action(i, src=leg.dst, sport=leg.dst_port, dst=self.tun_addr, dport=leg.app_port)

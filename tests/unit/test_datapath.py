@@ -204,3 +204,23 @@ def test_a_bug_costs_one_packet_not_the_loop(rig, monkeypatch):
     rig.to_tun(SERVER, IF_ADDR, tcpip.TcpHeader(80, 61999, 1, 1))
     assert rig.poll() == 2
     assert rig.counters["internal_errors"] == 1 and rig.counters["unknown_flow"] == 1
+
+
+def test_only_the_listener_reaches_an_app_through_its_fake_pair(rig):
+    # Another local process sending to the fake pair must not be NATed into the app's connection.
+    leg, sf = app_syn(rig)
+    rig.dp.release_syn(leg)
+    rig.drain(rig.tun)
+    before = rig.counters["unknown_flow"]
+    rig.to_tun(TUN_ADDR, IPv4Address(leg.fake), tcpip.TcpHeader(50505, leg.fake_port, 1, 0,
+                                                                flags=TCP_ACK | TCP_RST))
+    rig.poll()
+    assert rig.drain(rig.tun) == [], "a packet not from the listener was NATed to the app"
+    assert rig.counters["unknown_flow"] == before + 1
+    # the listener's own packets still go through
+    rig.to_tun(TUN_ADDR, IPv4Address(leg.fake), tcpip.TcpHeader(LISTENER_PORT, leg.fake_port, 1, 556,
+                                                                flags=TCP_SYN | TCP_ACK))
+    rig.poll()
+    (pkt,) = rig.drain(rig.tun)
+    src, dst, tcp, ok = ip_tcp(pkt, VNET)
+    assert (src, tcp.src_port, dst, tcp.dst_port) == (SERVER, 80, TUN_ADDR, 40000) and ok
