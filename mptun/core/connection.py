@@ -35,6 +35,13 @@ RECV_BUFFER = 1 << 20
 FIN_RTO_INITIAL = 0.2
 FIN_RTO_MAX = 3.0
 FIN_MAX_TRIES = 12
+# The peer's mappings held per subflow (announced, not yet read): more is refused and counted.
+PEER_MAPPINGS_MAX = 8192
+# The persist timer: while the peer's data-level window is closed, data waits and everything
+# sent is acknowledged, the kernel has nothing queued and never probes; if the peer's one window
+# update is lost, only a probe of ours makes it say its window again.
+PERSIST_INITIAL = 0.2
+PERSIST_MAX = 10.0
 
 # Connection states
 CONNECTING = "connecting"      # app SYN held, subflow 0 handshaking
@@ -82,6 +89,8 @@ class Subflow:
         self.our_isn: int | None = None
         self.peer_isn: int | None = None
         self.peer_wscale = 0
+        self.our_wscale = 0            # from our SYN: scales the windows our kernel advertises
+        self.rcv_wnd_edge: int | None = None   # right edge of our kernel's advertised window (ssn)
         self.our_maps = MappingTable()   # what the scheduler wrote: ssn -> dsn
         self.peer_maps = MappingTable()  # what the peer announced: ssn -> dsn
         self.our_csums: dict[int, int] = {}
@@ -146,6 +155,8 @@ class Connection:
         self.fin_tries = 0
         self.fin_acked = False
         self.all_acked_at: float | None = None
+        self.persist_at: float | None = None
+        self.persist_rto = PERSIST_INITIAL
 
         # Receive side.
         self.recv_limit = recv_buffer
@@ -160,7 +171,7 @@ class Connection:
         self.bytes_to_app = 0
         self._dack_key = None
         self._dack = 0
-        self._rx_checks: dict = {}         # (subflow id, mapping start) -> the peer's DSS checksum
+        self._rx_checks: dict = {}         # (subflow id, mapping start) -> (DSS checksum, announced length)
 
     # ------------------------------------------------------------ properties
 
@@ -207,6 +218,8 @@ class Connection:
         if flags & TCP_SYN:
             sf.our_isn = seq
             sf.snd_nxt = _u32(seq + 1)
+            sf.our_wscale = _wscale_of(options)
+            sf.rcv_wnd_edge = 1 + window     # a SYN's window is never scaled (RFC 7323 2.2)
             if self.mode == FALLBACK:
                 return None
             # RFC 8684 3.1: MP_CAPABLE in the SYN, version 1, H (HMAC-SHA256); A if we want checksums.
@@ -267,6 +280,9 @@ class Connection:
         rel = unwrap32(sf.kernel_ack_ssn, _u32(ack - sf.peer_isn))
         if rel > sf.kernel_ack_ssn:
             sf.kernel_ack_ssn = rel
+        edge = rel + (sf.last_window << sf.our_wscale)
+        if sf.rcv_wnd_edge is None or edge > sf.rcv_wnd_edge:
+            sf.rcv_wnd_edge = edge   # TCP does not shrink its window: the highest edge stands
 
     def _data_ack(self) -> int:
         """RFC 8684 3.3.2: the DATA_ACK is the contiguous DSN prefix the host has received: what
@@ -313,6 +329,11 @@ class Connection:
             return False
         if flags & TCP_ACK and sf.our_isn is not None:
             rel = unwrap32(sf.peer_ack_ssn, _u32(ack - sf.our_isn))
+            if rel > sf.write_ssn + 1:
+                # RFC 9293 3.10.7.4 / RFC 5961 5: an ACK of bytes never sent (+1: our FIN) is
+                # dropped by our kernel; nothing in the segment is acted on.
+                self.counters["acks_of_unsent_data"] += 1
+                return False
             if rel > sf.peer_ack_ssn:
                 sf.peer_ack_ssn = rel
                 sf.our_maps.prune_below(rel)
@@ -351,9 +372,21 @@ class Connection:
         self.peer_wnd_end = self.snd_una + window
         return True
 
+    def _in_window(self, sf: Subflow, seq: int, payload_len: int) -> bool:
+        """The segment lies within what our kernel accepts: [its ACK point, + advertised window]."""
+        if sf.peer_isn is None or sf.rcv_wnd_edge is None:
+            return True
+        rel = unwrap32(sf.kernel_ack_ssn, _u32(seq - sf.peer_isn))
+        return rel + payload_len >= sf.kernel_ack_ssn and rel <= sf.rcv_wnd_edge
+
     def _dss(self, sf: Subflow, seq: int, payload_len: int, window: int, o: dict) -> None:
         self.peer_dss_seen = True
         dflags = o["dss_flags"]
+        if dflags & (w.DSS_MAPPING | w.DSS_DATA_FIN) and not self._in_window(sf, seq, payload_len):
+            # Our kernel drops a segment outside its window: its mapping or DATA_FIN is not
+            # recorded (a spoofed or stale one would truncate or misplace the stream).
+            self.counters["dss_outside_window"] += 1
+            dflags &= ~(w.DSS_MAPPING | w.DSS_DATA_FIN)
         if dflags & w.DSS_DATA_ACK:
             raw = o["data_ack"]
             da = unwrap64(self.snd_una, raw) if dflags & w.DSS_DATA_ACK_64 else \
@@ -377,8 +410,8 @@ class Connection:
             raw = o["dsn"]
             dsn = unwrap64(self.rcv_ref, raw) if dflags & w.DSS_DSN_64 else \
                 self.rcv_ref + _seq.diff32(raw, self.rcv_ref & M32)
-            length = o["data_len"]
-            if dflags & w.DSS_DATA_FIN:
+            length = announced = o["data_len"]
+            if dflags & w.DSS_DATA_FIN and (payload_len or o["subflow_seq"] == 0):
                 # RFC 8684 3.3.3: the DATA_FIN is the last octet of the mapping.
                 fin = dsn + length - 1 if length else dsn
                 if self.peer_fin_dsn is None:
@@ -392,12 +425,22 @@ class Connection:
                 # RFC 8684 3.3.1: data-level length 0 is an infinite mapping (fallback).
                 self.counters["fallback_infinite_mapping"] += 1
                 length = INFINITE
-            if payload_len == 0 and length != INFINITE and o["subflow_seq"] == 0:
-                return
+            if payload_len == 0 and length != INFINITE:
+                return      # a mapping describes the payload it rides on (a bare DATA_FIN aside)
             start = unwrap32(sf.read_ssn, o["subflow_seq"])
+            if length != INFINITE:
+                rel = unwrap32(sf.read_ssn, _u32(seq - sf.peer_isn))
+                if start >= rel + payload_len or start + length <= rel:
+                    self.counters["dss_mapping_off_payload"] += 1
+                    return
+            if len(sf.peer_maps) >= PEER_MAPPINGS_MAX and sf.peer_maps.lookup(start) is None:
+                self.counters["peer_mappings_overflow"] += 1
+                return
             if sf.peer_maps.add(start, dsn, length):
                 if self.checksums and o["dss_has_checksum"]:
-                    self._rx_checks[(id(sf), start)] = o["dss_checksum"]
+                    # Linux (subflow.c validate_data_csum) and RFC 8684 3.3.1: the pseudo-header
+                    # carries the announced data-level length, the DATA_FIN's octet included.
+                    self._rx_checks[(id(sf), start)] = (o["dss_checksum"], announced)
             elif sf.peer_maps.conflicts:
                 self.counters["dss_conflicts"] += sf.peer_maps.conflicts
                 sf.peer_maps.conflicts = 0
@@ -521,8 +564,8 @@ class Connection:
             sf.rx_csum = (start, acc, got)
             return True
         sf.rx_csum = None
-        want = self._rx_checks.pop(key)
-        return _ck.dss_checksum_from_sum(dsn & M64, _u32(start), length, acc) == want
+        want, announced = self._rx_checks.pop(key)
+        return _ck.dss_checksum_from_sum(dsn & M64, _u32(start), announced, acc) == want
 
     def _advance_rcv_ref(self) -> None:
         self.rcv_ref = unwrap64(self.rcv_ref, self.assembler.read_dsn)
@@ -579,7 +622,10 @@ class Connection:
                 self.all_acked_at = now
             due = self.fin_sent_at is None or (
                 self.all_acked_at is not None and now >= max(self.fin_sent_at, self.all_acked_at) + self.fin_rto)
-            if due and self.peer_dss_seen:
+            # A server waiting for a request never sends a DSS: once our third ACK (MP_CAPABLE
+            # with both keys) is out, the peer has the connection and takes a DATA_FIN, as
+            # Linux sends it (with no data: DSN IDSN+1, subflow sequence 0, length 1).
+            if due and (self.peer_dss_seen or sf.mpc_ack_sent):
                 if self.fin_sent_at is not None:
                     self.fin_rto = min(self.fin_rto * 2, FIN_RTO_MAX)
                 self.fin_tries += 1
@@ -592,6 +638,22 @@ class Connection:
                                      True, self.checksums, _dss_fin_checksum(self.snd_end) if self.checksums else 0)
                 out.append(self._segment(sf, opts))
                 self.counters["data_fin_sent"] += 1
+        if self._window_closed_and_idle():
+            if self.persist_at is None:
+                self.persist_at = now + self.persist_rto
+            elif now >= self.persist_at:
+                # A keepalive-style pure ACK one below the subflow's next sequence: old to the
+                # peer's TCP, which answers with a duplicate ACK carrying its current DATA_ACK
+                # and window (RFC 9293 3.10.7.4; RFC 8684 3.3.7 for the shared window).
+                seg = self._segment(sf, _opt.emit_dss(True, self._data_ack() & M64, True))
+                seg.seq = _u32(sf.snd_nxt - 1)
+                out.append(seg)
+                self.counters["window_probes_sent"] += 1
+                self.persist_rto = min(self.persist_rto * 2, PERSIST_MAX)
+                self.persist_at = now + self.persist_rto
+        elif self.persist_at is not None:
+            self.persist_at = None
+            self.persist_rto = PERSIST_INITIAL
         if self.peer_fin_ack_pending:
             ack = self._data_ack()
             if self.peer_fin_dsn is not None and ack > self.peer_fin_dsn:
@@ -610,12 +672,20 @@ class Connection:
         return ControlSegment(sf, sf.snd_nxt, sf.last_ack, sf.last_window,
                               _timestamps_of(sf.last_options) + mptcp_options)
 
+    def _window_closed_and_idle(self) -> bool:
+        """The peer's data-level window is closed, app bytes wait for it and all sent is DATA_ACKed."""
+        return (self.peer_wnd_end is not None and self.peer_wnd_end <= self.snd_nxt < self.snd_end
+                and self.snd_una == self.snd_nxt and all(s.chunk is None for s in self.subflows))
+
     def next_timer(self) -> float | None:
-        if self.mode == MPTCP and self.app_eof and not self.fin_acked and self.fin_sent_at is not None:
-            if self.snd_una < self.snd_end:
-                return None
-            return max(self.fin_sent_at, self.all_acked_at or 0.0) + self.fin_rto
-        return None
+        if self.mode != MPTCP or self.state == ABORTED:
+            return None
+        times = []
+        if self.persist_at is not None:
+            times.append(self.persist_at)
+        if self.app_eof and not self.fin_acked and self.fin_sent_at is not None and self.snd_una >= self.snd_end:
+            times.append(max(self.fin_sent_at, self.all_acked_at or 0.0) + self.fin_rto)
+        return min(times) if times else None
 
     def done(self) -> bool:
         """Both directions closed at the data level and everything handed over."""
@@ -644,6 +714,15 @@ class Connection:
 def _dss_fin_checksum(dsn: int) -> int:
     # RFC 8684 3.3.1: the checksum of a DATA_FIN mapping with no data covers only the pseudo-header.
     return _ck.dss_checksum_from_sum(dsn & M64, 0, 1, 0)
+
+
+def _wscale_of(options: bytes) -> int:
+    """The window scale option of our SYN's options area (0 if absent)."""
+    try:
+        o = _opt.parse_options(bytes(options) + b"\x01" * (-len(options) % 4))
+    except Exception:
+        return 0
+    return min(o["wscale"], 14) if o["present"] & _HAS_WSCALE else 0
 
 
 def _timestamps_of(options: bytes) -> bytes:

@@ -208,6 +208,100 @@ def test_dss_checksums_when_the_server_requires_them(mptun_lab, tmp_path):
     assert_server_happy(before, server_mib(lab))
     assert not r.status()["counters"].get("dss_checksum_failures")
 
+    # A slow path and a server that writes and closes at once: its DATA_FIN rides on its last data
+    # mapping (data-level length = data + 1), and the checksum covers that announced length.
+    lab, r = mptun_lab("rate=20mbit")
+    run(lab.server, ["sysctl", "-qw", "net.mptcp.checksum_enabled=1"])
+    before = server_mib(lab)
+    with start_peer(lab.server, "source", 9001, nbytes=MB) as peer:
+        results = run_clients(lab.client, SERVER, 9001, mode="source", mptcp=False, count=5, timeout=60)
+        records = peer.wait_connections(5, timeout=30)
+    assert all(res.ok and res.bytes_in == MB for res in results), results
+    assert {res.sha256_in for res in results} == {rec["sha256_out"] for rec in records}
+    assert all(rec["mptcp"] and rec["mptcp_info"]["csum_enabled"] for rec in records)
+    assert_server_happy(before, server_mib(lab))
+    counters = r.status()["counters"]
+    assert not counters.get("dss_checksum_failures"), counters
+
+
+def test_connect_then_close_without_data_closes_the_mptcp_connection(mptun_lab):
+    """The app connects and closes without a byte, to a server waiting for a request (it never
+    sends a DSS): mptun still sends the DATA_FIN, as Linux does, and both sides close."""
+    lab, r = mptun_lab()
+    with start_peer(lab.server, "echo", 9002) as peer:
+        app = socket_in_netns(lab.client, mptcp=False)
+        app.settimeout(10)
+        app.connect((SERVER, 9002))
+        time.sleep(0.3)
+        app.close()
+        rec = peer.wait_connections(1, timeout=10)[-1]     # logged when the server saw EOF
+        assert rec["mptcp"] is True and rec["bytes_in"] == 0, rec
+    deadline = time.monotonic() + 10
+    while True:
+        states = [c["state"] for c in r.status()["connections"]]
+        if all(st == "closed" for st in states):
+            break
+        assert time.monotonic() < deadline, f"connections left open: {r.status()['connections']}"
+        time.sleep(0.2)
+    assert not r.status()["counters"].get("data_fin_timeouts")
+
+
+def test_upload_survives_the_loss_of_the_servers_one_window_update(mptun_lab):
+    """The server's app stalls until every window is closed, then reads once, and the one window
+    update its kernel sends is lost: mptun's persist timer must probe, or the upload hangs."""
+    lab, r = mptun_lab()
+    listener = socket_in_netns(lab.server, mptcp=True)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256 * 1024)
+    listener.bind((SERVER, 9500))
+    listener.listen(4)
+    listener.settimeout(10)
+    app = socket_in_netns(lab.client, mptcp=False)
+    app.settimeout(120)
+    total = 40 * MB
+    try:
+        app.connect((SERVER, 9500))
+        srv, _ = listener.accept()
+
+        def upload():
+            try:
+                app.sendall(b"z" * total)
+                app.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+        threading.Thread(target=upload, daemon=True).start()
+        time.sleep(3)                       # the server's app reads nothing: every window closes
+        run(lab.router, ["nft", "-f", "-"], input=(
+            "table inet wdrop {\n chain forward {\n  type filter hook forward priority -10; policy accept;\n"
+            f"  ip saddr {SERVER} tcp sport 9500 drop\n }}\n}}\n"))
+        got = 0
+        srv.setblocking(False)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 0.5:  # the server's app drains what it holds, once
+            try:
+                d = srv.recv(1 << 20)
+            except BlockingIOError:
+                time.sleep(0.01)
+                continue
+            if not d:
+                break
+            got += len(d)
+        time.sleep(0.5)
+        run(lab.router, ["nft", "delete", "table", "inet", "wdrop"])
+        srv.settimeout(15)
+        while got < total:
+            d = srv.recv(1 << 20)           # TimeoutError: the upload stalled
+            if not d:
+                break
+            got += len(d)
+        assert got == total
+        assert r.status()["counters"].get("window_probes_sent", 0) >= 1
+        srv.close()
+    finally:
+        app.close()
+        listener.close()
+
 
 def _reset(sock):
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

@@ -232,9 +232,9 @@ def test_zero_window_probe_mapped_one_below_never_overwrites():
     base = PEER_IDSN + 1
     peer_dss(conn, sf, mapping=(base, 1, 100), payload_len=100)
     conn.subflow_data(sf, bytes(range(100)))
-    peer_dss(conn, sf, mapping=(base + 99, 101, 1), payload_len=1)      # the probe
+    peer_dss(conn, sf, mapping=(base + 99, 101, 1), payload_len=1, seq=PEER_ISN + 101)      # the probe
     conn.subflow_data(sf, b"\xee")
-    peer_dss(conn, sf, mapping=(base + 100, 102, 50), payload_len=50)
+    peer_dss(conn, sf, mapping=(base + 100, 102, 50), payload_len=50, seq=PEER_ISN + 102)
     conn.subflow_data(sf, b"z" * 50)
     assert conn.take_for_app(1000) == bytes(range(100)) + b"z" * 50
 
@@ -243,7 +243,7 @@ def test_a_conflicting_mapping_is_counted_and_ignored():
     conn, sf = new_conn()
     handshake(conn, sf)
     peer_dss(conn, sf, mapping=(PEER_IDSN + 1, 1, 100), payload_len=100)
-    peer_dss(conn, sf, mapping=(PEER_IDSN + 500, 50, 10), payload_len=10)
+    peer_dss(conn, sf, mapping=(PEER_IDSN + 500, 50, 10), payload_len=10, seq=PEER_ISN + 50)
     assert conn.counters["dss_conflicts"] == 1
 
 
@@ -302,6 +302,75 @@ def test_our_data_fin_after_the_last_byte_retransmitted_until_acked():
     assert conn.done()
 
 
+def test_our_data_fin_without_data_before_the_peer_ever_sent_a_dss():
+    """An app that connects and closes at once, to a server waiting for a request (it never sends
+    a DSS): once the third ACK is out the DATA_FIN goes anyway, as Linux sends it."""
+    conn, sf = new_conn()
+    handshake(conn, sf)
+    conn.on_app_eof()
+    assert conn.control_segments(0.5) == []           # no third ACK yet: nothing to copy, no keys given
+    conn.outgoing(sf, OUR_ISN + 1, PEER_ISN + 1, TCP_ACK, 0, 500, TS)     # the third ACK
+    segs = conn.control_segments(1.0)
+    assert len(segs) == 1
+    o = parsed(segs[0].options)
+    assert o["dss_flags"] & w.DSS_DATA_FIN and o["dss_flags"] & w.DSS_DATA_ACK
+    assert (o["dsn"], o["subflow_seq"], o["data_len"]) == (conn.idsn + 1, 0, 1)
+    assert o["data_ack"] == PEER_IDSN + 1
+    assert segs[0].seq == OUR_ISN + 1 and segs[0].ack == PEER_ISN + 1
+    assert conn.next_timer() == pytest.approx(1.2)
+    assert len(conn.control_segments(1.2)) == 1       # retransmitted until DATA_ACKed
+    peer_dss(conn, sf, data_ack=conn.idsn + 2)
+    assert conn.fin_acked
+
+
+def test_our_data_fin_without_data_checksummed_before_the_peer_sent_a_dss():
+    conn, sf = new_conn()
+    handshake(conn, sf, peer_flags=w.MPC_HMAC_SHA256 | w.MPC_CHECKSUM_REQUIRED)
+    conn.on_app_eof()
+    conn.outgoing(sf, OUR_ISN + 1, PEER_ISN + 1, TCP_ACK, 0, 500, TS)
+    o = parsed(conn.control_segments(1.0)[0].options)
+    assert o["dss_has_checksum"]
+    assert o["dss_checksum"] == w.dss_checksum(conn.idsn + 1, 0, 1, b"")
+
+
+def test_closed_data_level_window_is_probed_with_backoff_until_it_opens():
+    """The peer's window closes, all we sent is DATA_ACKed and its one window update is lost: the
+    kernel has nothing queued and never probes, so mptun's persist timer sends a pure ACK one below
+    snd_nxt, which the peer's TCP answers with a duplicate ACK carrying its window."""
+    conn, sf = new_conn()
+    handshake(conn, sf, window=128)
+    conn.outgoing(sf, OUR_ISN + 1, PEER_ISN + 1, TCP_ACK, 0, 500, TS)
+    peer_dss(conn, sf, data_ack=conn.idsn + 1, window=1)            # 128 bytes (wscale 7)
+    conn.app_data(bytes(1000))
+    assert len(conn.next_chunk(sf)) == 128
+    conn.chunk_written(sf, 128)
+    assert conn.next_chunk(sf) is None
+    conn.outgoing(sf, OUR_ISN + 1, PEER_ISN + 1, TCP_ACK, 128, 500, TS)
+    assert conn.control_segments(0.5) == [] and conn.next_timer() is None   # not yet acknowledged
+    peer_dss(conn, sf, data_ack=conn.idsn + 129, window=0, ack=OUR_ISN + 129)
+    assert conn.control_segments(1.0) == []
+    assert conn.next_timer() == pytest.approx(1.2)
+    segs = conn.control_segments(1.2)
+    assert len(segs) == 1
+    seg = segs[0]
+    assert seg.seq == OUR_ISN + 128 and seg.ack == PEER_ISN + 1
+    o = parsed(seg.options)
+    assert o["dss_flags"] == w.DSS_DATA_ACK | w.DSS_DATA_ACK_64
+    assert conn.counters["window_probes_sent"] == 1
+    assert conn.control_segments(1.3) == []
+    assert conn.next_timer() == pytest.approx(1.6)                   # backing off: 0.2, 0.4, ...
+    assert len(conn.control_segments(1.6)) == 1
+    assert conn.next_timer() == pytest.approx(2.4)
+    for t in range(20):
+        conn.control_segments(100.0 + 20 * t)
+    assert conn.persist_rto == 10.0                                  # capped
+    # the peer's duplicate ACK says its window opened: data flows, the timer is off
+    peer_dss(conn, sf, data_ack=conn.idsn + 129, window=10, ack=OUR_ISN + 129)
+    assert len(conn.next_chunk(sf)) == 872
+    conn.chunk_written(sf, 872)
+    assert conn.control_segments(1000.0) == [] and conn.next_timer() is None
+
+
 def test_mp_fastclose_with_our_key_aborts():
     conn, sf = new_conn()
     handshake(conn, sf)
@@ -355,3 +424,90 @@ def test_checksums_a_wrong_one_from_the_peer_resets():
                   rec(w.Dss(dsn=PEER_IDSN + 81, subflow_seq=81, data_len=len(data), checksum=bad)))
     conn.subflow_data(sf, data)
     assert conn.state == ABORTED and conn.error == "dss_checksum_failures"
+
+
+def test_checksums_a_data_fin_on_the_last_data_mapping_counts_in_the_length():
+    """Linux (subflow.c validate_data_csum): the pseudo-header's length is the announced data-level
+    length, the DATA_FIN's octet included, while the sum covers only the data."""
+    conn, sf = new_conn()
+    handshake(conn, sf, peer_flags=w.MPC_HMAC_SHA256 | w.MPC_CHECKSUM_REQUIRED)
+    data = b"the last bytes of the file" * 3
+    n = len(data)
+    good = w.dss_checksum(PEER_IDSN + 1, 1, n + 1, data)
+    conn.incoming(sf, PEER_ISN + 1, OUR_ISN + 1, TCP_ACK, n, 100,
+                  rec(w.Dss(dsn=PEER_IDSN + 1, subflow_seq=1, data_len=n + 1, data_fin=True, checksum=good)))
+    assert conn.peer_fin_dsn == PEER_IDSN + 1 + n
+    conn.subflow_data(sf, data[:10])
+    conn.subflow_data(sf, data[10:])
+    assert conn.state != ABORTED, conn.error
+    assert conn.take_for_app(1000) == data
+    assert conn.app_should_get_fin()
+    assert not conn.counters["dss_checksum_failures"]
+
+
+# ---------------------------------------------------------------- options of segments the kernel would drop
+
+def test_an_ack_of_unsent_data_is_dropped_and_prunes_nothing():
+    conn, sf = new_conn()
+    handshake(conn, sf)
+    conn.outgoing(sf, OUR_ISN + 1, PEER_ISN + 1, TCP_ACK, 0, 500, TS)
+    peer_dss(conn, sf, data_ack=conn.idsn + 1, window=10_000)
+    conn.app_data(bytes(3000))
+    conn.chunk_written(sf, len(conn.next_chunk(sf)))
+    # spoofed ACK far beyond what was sent (RFC 5961: the kernel drops it)
+    assert conn.incoming(sf, PEER_ISN + 1, OUR_ISN + 1 + 1_000_000, TCP_ACK, 0, 500, rec()) is False
+    assert conn.counters["acks_of_unsent_data"] == 1
+    assert sf.peer_ack_ssn == 1 and len(sf.our_maps) == 1
+    assert conn.outgoing(sf, OUR_ISN + 1, PEER_ISN + 1, TCP_ACK, 1448, 500, TS) is not None
+    # the real ACK of everything (and of a FIN) is taken
+    assert conn.incoming(sf, PEER_ISN + 1, OUR_ISN + 1 + 3001, TCP_ACK, 0, 500, rec())
+    assert sf.peer_ack_ssn == 3002          # write_ssn 3001, + 1 for a FIN
+
+
+def test_a_data_fin_or_mapping_outside_the_receive_window_is_ignored():
+    conn, sf = new_conn()
+    conn.outgoing(sf, OUR_ISN, 0, TCP_SYN, 0, 1000, WindowScale(2).emit())
+    assert conn.incoming(sf, PEER_ISN, OUR_ISN + 1, TCP_SYN | TCP_ACK, 0, 65535,
+                         rec(WindowScale(7), w.MpCapable.synack(PEER_KEY, w.MPC_HMAC_SHA256)))
+    sf.established = True
+    conn.outgoing(sf, OUR_ISN + 1, PEER_ISN + 1, TCP_ACK, 0, 500, TS)     # window 2000 bytes
+    assert sf.rcv_wnd_edge == 1 + 2000
+    base = PEER_IDSN + 1
+    peer_dss(conn, sf, mapping=(base, 1, 100), payload_len=100)
+    conn.subflow_data(sf, bytes(100))
+    conn.outgoing(sf, OUR_ISN + 1, PEER_ISN + 101, TCP_ACK, 0, 500, TS)
+    conn.take_for_app(1000)
+    # spoofed bare DATA_FINs: far ahead, and behind the kernel's ACK point
+    peer_dss(conn, sf, mapping=(base + 100, 0, 1), fin=True, seq=PEER_ISN + 1 + 50_000_000)
+    peer_dss(conn, sf, mapping=(base + 100, 0, 1), fin=True, seq=PEER_ISN + 50)
+    # a mapping beyond the window
+    peer_dss(conn, sf, mapping=(base + 5000, 5001, 100), payload_len=100, seq=PEER_ISN + 5001)
+    assert conn.counters["dss_outside_window"] == 3
+    assert conn.peer_fin_dsn is None and not conn.app_should_get_fin()
+    assert sf.peer_maps.lookup(5001) is None
+    # the real DATA_FIN, at the kernel's ACK point, is taken
+    peer_dss(conn, sf, mapping=(base + 100, 0, 1), fin=True, seq=PEER_ISN + 101)
+    assert conn.peer_fin_dsn == base + 100 and conn.app_should_get_fin()
+
+
+def test_a_mapping_must_cover_the_payload_it_rides_on():
+    conn, sf = new_conn()
+    handshake(conn, sf)
+    base = PEER_IDSN + 1
+    peer_dss(conn, sf, mapping=(base + 1000, 1001, 5), payload_len=0)                 # on a pure ACK
+    peer_dss(conn, sf, mapping=(base + 1000, 1001, 5), payload_len=100)               # not these bytes
+    assert len(sf.peer_maps) == 0
+    assert conn.counters["dss_mapping_off_payload"] == 1
+    peer_dss(conn, sf, mapping=(base, 1, 100), payload_len=50, seq=PEER_ISN + 51)     # overlaps: taken
+    assert sf.peer_maps.lookup(1) == (1, base, 100)
+
+
+def test_the_peer_mapping_table_is_capped(monkeypatch):
+    from mptun.core import connection
+    monkeypatch.setattr(connection, "PEER_MAPPINGS_MAX", 4)
+    conn, sf = new_conn()
+    handshake(conn, sf)
+    for k in range(10):
+        peer_dss(conn, sf, mapping=(PEER_IDSN + 1 + 10 * k, 1 + 10 * k, 10), payload_len=10, seq=PEER_ISN + 1 + 10 * k)
+    assert len(sf.peer_maps) == 4
+    assert conn.counters["peer_mappings_overflow"] == 6
