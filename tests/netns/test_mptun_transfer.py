@@ -395,6 +395,6 @@ def test_packets_mptun_sends_fit_the_interface_mtu(mptun_lab, tmp_path):
         if "counter packets" in line:
             counts[line.split('comment "')[1].rstrip('"')] = int(line.split("counter packets ")[1].split()[0])
     assert counts["all"] > 10_000, counts  # the upload's data segments crossed here
+    # (eth0's tx_dropped is no witness here: on veth it also counts the peer's backlog
+    # overflows under CPU pressure; the intact transfers and the router's count are.)
     assert counts["oversize"] == 0, counts
-    tx_dropped = int(run(lab.client, ["cat", "/sys/class/net/eth0/statistics/tx_dropped"]).stdout)
-    assert tx_dropped == 0
