@@ -1,10 +1,6 @@
 """Checksum primitives against an independent full recomputation (a word-by-word reference here,
 and scapy's own IPv4/TCP checksum code), on both the compiled module and its pure twin."""
 
-import os
-import subprocess
-import sys
-
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from scapy.layers.inet import IP, TCP, in4_chksum
@@ -12,8 +8,8 @@ from scapy.layers.inet6 import IPv6, in6_chksum
 from scapy.utils import checksum as scapy_checksum
 
 from mptun import impl
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.unit.reference import ref_checksum, ref_sum
+from tests.unit.refusals import not_refused_under_python_O
 
 
 # impl_kind is a plain string, safe to share between generated examples; no deadline, since
@@ -24,21 +20,6 @@ twins = settings(deadline=None, suppress_health_check=[HealthCheck.function_scop
 @pytest.fixture
 def ck(impl_kind):
     return impl.load("checksum", impl_kind)
-
-
-def ref_sum(data: bytes) -> int:
-    """Folded ones-complement sum, computed the slow obvious way (RFC 1071 section 4.1)."""
-    if len(data) % 2:
-        data += b"\0"
-    total = 0
-    for i in range(0, len(data), 2):
-        total += (data[i] << 8) | data[i + 1]
-        total = (total & 0xFFFF) + (total >> 16)
-    return total
-
-
-def ref_checksum(data: bytes) -> int:
-    return ~ref_sum(data) & 0xFFFF
 
 
 def zero_tcp_check(segment: bytes) -> bytes:
@@ -353,22 +334,6 @@ BAD_CALLS = [
 ]
 
 
-def not_refused(kind, calls):
-    """Labels of the calls that did not raise ValueError on the given twin."""
-    mod = impl.load("checksum", kind)
-    out = []
-    for label, call in calls:
-        try:
-            call(mod)
-        except ValueError:
-            continue
-        except Exception as e:
-            out.append(f"{label}: {type(e).__name__}")
-            continue
-        out.append(label)
-    return out
-
-
 @pytest.mark.parametrize("label, call", BAD_CALLS, ids=[c[0] for c in BAD_CALLS])
 def test_bad_lengths_and_offsets_raise_value_error(ck, label, call):
     with pytest.raises(ValueError):
@@ -376,12 +341,7 @@ def test_bad_lengths_and_offsets_raise_value_error(ck, label, call):
 
 
 def test_bad_lengths_and_offsets_raise_value_error_under_python_O():
-    code = ("import sys\nassert False, 'asserts are on'\n"
-            "from tests.unit.test_checksum import BAD_CALLS, not_refused\n"
-            "print(sys.flags.optimize, {k: not_refused(k, BAD_CALLS) for k in ('fast', 'pure')})\n")
-    proc = subprocess.run([sys.executable, "-O", "-c", code], cwd=REPO, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "1 {'fast': [], 'pure': []}"
+    assert not_refused_under_python_O('checksum', 'tests.unit.test_checksum') == "1 {'fast': [], 'pure': []}"
 
 
 def test_complete_partial_leaves_the_buffer_alone_when_refused(ck):

@@ -1,15 +1,12 @@
 """mptcpopt twins (compiled mptcpopt.pxd and its pure twin): the flat TcpOptions record and the
 emitters, on the hand-written and Linux fixtures, and fast == pure on generated inputs."""
 
-import os
-import subprocess
-import sys
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mptun import impl
+from tests.unit.refusals import not_refused_under_python_O
 from mptun.wire import mptcp as w
 from mptun.wire.tcpip import Reason
 
@@ -26,7 +23,6 @@ from tests.unit.fixtures_mptcp import (
     u64,
 )
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SETTINGS = settings(max_examples=400, deadline=None)
 FAST, PURE = impl.load("mptcpopt", "fast"), impl.load("mptcpopt", "pure")
 HAS_MSS, HAS_WSCALE, HAS_SACK_PERMITTED, HAS_SACK, HAS_TIMESTAMPS, HAS_MPTCP, HAS_UNKNOWN, HAS_EOL = (
@@ -245,7 +241,6 @@ def test_twin_emitters_agree_on_raw_arguments(emit, a, b, c):
     assert emit(FAST, a, b, c) == emit(PURE, a, b, c)
 
 
-
 # --- caller errors --------------------------------------------------------------------------------
 
 # The compiled emitters copy 20 bytes of hmac and 4 or 16 of address whatever their length: these
@@ -260,22 +255,6 @@ BAD_CALLS = [
 ]
 
 
-def not_refused(kind, calls):
-    """Labels of the calls that did not raise ValueError on the given twin."""
-    mod = impl.load("mptcpopt", kind)
-    out = []
-    for label, call in calls:
-        try:
-            call(mod)
-        except ValueError:
-            continue
-        except Exception as e:
-            out.append(f"{label}: {type(e).__name__}")
-            continue
-        out.append(label)
-    return out
-
-
 @pytest.mark.parametrize("label, call", BAD_CALLS, ids=[c[0] for c in BAD_CALLS])
 def test_bad_hmac_and_address_lengths_raise_value_error(opt, label, call):
     with pytest.raises(ValueError):
@@ -283,12 +262,7 @@ def test_bad_hmac_and_address_lengths_raise_value_error(opt, label, call):
 
 
 def test_bad_hmac_and_address_lengths_raise_value_error_under_python_O():
-    code = ("import sys\nassert False, 'asserts are on'\n"
-            "from tests.unit.test_mptcp_options_twins import BAD_CALLS, not_refused\n"
-            "print(sys.flags.optimize, {k: not_refused(k, BAD_CALLS) for k in ('fast', 'pure')})\n")
-    proc = subprocess.run([sys.executable, "-O", "-c", code], cwd=REPO, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "1 {'fast': [], 'pure': []}"
+    assert not_refused_under_python_O('mptcpopt', 'tests.unit.test_mptcp_options_twins') == "1 {'fast': [], 'pure': []}"
 
 
 def test_good_hmac_and_address_lengths_still_emit(opt):

@@ -19,6 +19,7 @@ from scapy.layers.inet6 import IPv6, in6_chksum
 from scapy.utils import checksum as scapy_checksum
 
 from mptun import impl
+from tests.unit.reference import ref_checksum, ref_sum
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -54,20 +55,6 @@ def dss_ack_only(data_ack=0x01020304):
 
 
 # --- independent reference ------------------------------------------------------------------------
-
-def ref_sum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = 0
-    for i in range(0, len(data), 2):
-        total += (data[i] << 8) | data[i + 1]
-        total = (total & 0xFFFF) + (total >> 16)
-    return total
-
-
-def ref_checksum(data: bytes) -> int:
-    return ~ref_sum(data) & 0xFFFF
-
 
 def pseudo(version, src, dst, l4_len):
     if version == 4:
