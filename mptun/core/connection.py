@@ -1,32 +1,39 @@
-"""The MPTCP layer of one app connection, sans I/O: keys, subflows, DSN send buffer, reassembly, DATA_FIN.
+"""Connection: one app connection as an MPTCP connection: keys, states, fallback, the data level, DATA_FIN, FASTCLOSE.
 
-A Connection is driven by the datapath (one call per subflow packet each way: `outgoing` returns
-the MPTCP options to add, `incoming` records what the peer said) and by the daemon (app bytes in,
-subflow bytes in, chunks out, `timers(now)`). It never touches sockets or clocks: `now` is given.
-DSNs are kept unwrapped (Python ints that never wrap); only what goes on the wire is taken mod 2^64.
+Sans I/O, as aioquic drives its connection: inputs are calls with `now` (a subflow segment seen
+going out or coming in, app bytes, subflow bytes, a socket connected or failed, a timer); outputs
+are typed events (mptun.core.events) drained with `events()`, bytes pulled with `next_write()` and
+`take_for_app()`, and the next deadline from `get_timer()`. Per-packet calls return codes, never
+raise. DSNs are unwrapped Python ints; only what goes on the wire is taken mod 2^64.
 """
 
 from __future__ import annotations
 
+from collections import deque
+from enum import StrEnum
+
 from mptun import impl
-from mptun.core.counters import Counters
-from mptun.core.mapping import INFINITE, MappingTable
+from mptun.core import pm as _pm
+from mptun.core.events import (Closed, ControlSegment, Event, OpenSubflow, RefuseApp, ReleaseAppSyn,
+                               ShutdownSubflow)
+from mptun.core.mib import Counters
+from mptun.core.recv import ReceivePath
+from mptun.core.scheduler import FirstUsable, Scheduler
+from mptun.core.sendbuf import SendBuffer
+from mptun.core.seqspace import M64, expand_dsn, u32
+from mptun.core.subflow import Subflow, SubflowKind
 from mptun.wire import crypto
 from mptun.wire import mptcp as w
+from mptun.wire.tcpip import TCP_ACK, TCP_RST, TCP_SYN
 
 _opt = impl.load("mptcpopt")
-_seq = impl.load("seq")
-_asm = impl.load("assembler")
 _ck = impl.load("checksum")
-
-M32 = (1 << 32) - 1
-M64 = (1 << 64) - 1
-
-TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 
 # Chunks: one mapping each, written with MSG_EOR. The data-level length is 16 bits
 # (RFC 8684 3.3), so a chunk stays below 64 KB; large chunks make large segments.
 CHUNK_MAX = 65000
+# After fallback the kernel socket is the only copy that matters: larger writes, no mapping.
+PLAIN_CHUNK = 256 * 1024
 # Bytes read from the app and kept until DATA_ACKed (reinjection needs them).
 SEND_BUFFER = 8 << 20
 # The reassembly ring: what was read from subflows and not yet written to the app.
@@ -35,119 +42,75 @@ RECV_BUFFER = 1 << 20
 FIN_RTO_INITIAL = 0.2
 FIN_RTO_MAX = 3.0
 FIN_MAX_TRIES = 12
-# The peer's mappings held per subflow (announced, not yet read): more is refused and counted.
-PEER_MAPPINGS_MAX = 8192
 # The persist timer: while the peer's data-level window is closed, data waits and everything
 # sent is acknowledged, the kernel has nothing queued and never probes; if the peer's one window
 # update is lost, only a probe of ours makes it say its window again.
 PERSIST_INITIAL = 0.2
 PERSIST_MAX = 10.0
+# The kernel gives up on a SYN after ~127 s (tcp_syn_retries 6): past this the connection is dead.
+CONNECT_TIMEOUT = 140.0
+# The app's handshake with the listener takes one local round trip once its SYN is released;
+# not accepted by then, the app gave up while its SYN was held.
+APP_ACCEPT_TIMEOUT = 20.0
 
-# Connection states
-CONNECTING = "connecting"      # app SYN held, subflow 0 handshaking
-ESTABLISHED = "established"
-CLOSING = "closing"            # a DATA_FIN (or FIN in fallback) sent or received
-CLOSED = "closed"              # both directions done; NAT entries linger for the last ACKs
-ABORTED = "aborted"
 
-MPTCP = "mptcp"
-FALLBACK = "fallback"
+class ConnState(StrEnum):
+    CONNECTING = "connecting"      # app SYN held, the initial subflow handshaking
+    ESTABLISHED = "established"
+    CLOSING = "closing"            # a DATA_FIN (or FIN in fallback) sent or received
+    CLOSED = "closed"              # both directions done; NAT entries linger for the last ACKs
+    ABORTED = "aborted"
+
+
+class Mode(StrEnum):
+    MPTCP = "mptcp"
+    FALLBACK = "fallback"          # RFC 8684 3.7: plain TCP through the initial subflow
+
 
 # Aborts the peer started: it needs no MP_FASTCLOSE from us. Every other abort sends one.
 PEER_ABORTS = frozenset({"fastclose_from_peer", "resets_from_peer"})
 
-
-def unwrap64(ref: int, value: int) -> int:
-    """The unwrapped DSN whose low 64 bits are value, nearest to the unwrapped ref."""
-    return ref + _seq.diff64(value & M64, ref & M64)
-
-
-def unwrap32(ref: int, value: int) -> int:
-    """The unwrapped offset whose low 32 bits are value, nearest to ref (a non-negative int)."""
-    d = (value - ref) & M32
-    return ref + (d - (1 << 32) if d >= (1 << 31) else d)
-
-
-def _u32(x: int) -> int:
-    return x & M32
-
-
-class Subflow:
-    """One kernel TCP socket carrying part of a connection: its sequence spaces and mappings.
-
-    Offsets ("ssn") are relative subflow sequence numbers: byte k of the stream written to
-    (or read from) the kernel socket has ssn k + 1 (RFC 8684 3.3.1)."""
-
-    def __init__(self, conn: Connection, path: int, local_port: int, address_id: int = 0):
-        self.conn = conn
-        self.path = path
-        self.local_port = local_port
-        self.address_id = address_id
-        self.established = False       # the kernel socket's connect completed
-        self.closed = False            # the kernel socket is closed (its packets may still pass)
-        self.eof = False               # the kernel socket returned EOF (the peer's FIN)
-        self.our_isn: int | None = None
-        self.peer_isn: int | None = None
-        self.peer_wscale = 0
-        self.our_wscale = 0            # from our SYN: scales the windows our kernel advertises
-        self.rcv_wnd_edge: int | None = None   # right edge of our kernel's advertised window (ssn)
-        self.our_maps = MappingTable()   # what the scheduler wrote: ssn -> dsn
-        self.peer_maps = MappingTable()  # what the peer announced: ssn -> dsn
-        self.our_csums: dict[int, int] = {}
-        self.write_ssn = 1             # next ssn written into the kernel socket
-        self.read_ssn = 1              # next ssn read out of the kernel socket
-        self.kernel_ack_ssn = 1        # our kernel has received everything below this
-        self.peer_ack_ssn = 1          # the peer's TCP ACK: it has everything below this
-        self.first_chunk_len = 0       # the chunk an MP_CAPABLE with data describes
-        self.chunk: list | None = None  # [dsn, bytes, sent] being written
-        self.mpc_ack_sent = False
-        # The latest outgoing segment: a crafted ACK copies its numbers.
-        self.snd_nxt: int | None = None
-        self.last_ack: int | None = None
-        self.last_window = 0
-        self.last_options = b""
-        # Running DSS checksum of the peer mapping being read: (mapping start, sum, bytes)
-        self.rx_csum: tuple[int, int, int] | None = None
-
-    def describe(self) -> dict:
-        return {"path": self.path, "port": self.local_port, "established": self.established,
-                "closed": self.closed, "bytes_out": self.write_ssn - 1, "bytes_in": self.read_ssn - 1}
-
-
-class ControlSegment:
-    """A pure ACK mptun sends itself on a subflow (bare DATA_FIN, DATA_ACK of the peer's DATA_FIN)."""
-
-    __slots__ = ("subflow", "seq", "ack", "window", "options")
-
-    def __init__(self, subflow: Subflow, seq: int, ack: int, window: int, options: bytes):
-        self.subflow, self.seq, self.ack, self.window, self.options = subflow, seq, ack, window, options
+_HAS_MPTCP = 0x20
+_HAS_WSCALE = 0x02
+_SUBOPT_MP_CAPABLE = 1 << 0
+_SUBOPT_DSS = 1 << 2
+_SUBOPT_MP_FAIL = 1 << 6
+_SUBOPT_MP_FASTCLOSE = 1 << 7
+_MPC_FORM_SYNACK = 2
+_REASON_BAD_VERSION = 6
+_REASON_UNSUPPORTED_MPC_FLAGS = 8
 
 
 class Connection:
-    """One app connection as an MPTCP connection: the data-level state shared by its subflows."""
+    """The data-level state shared by the subflows of one app connection."""
 
     def __init__(self, conn_id: int, key: int, now: float, counters: Counters, *,
-                 checksums: bool = False, send_buffer: int = SEND_BUFFER, recv_buffer: int = RECV_BUFFER):
+                 checksums: bool = False, scheduler: Scheduler | None = None,
+                 path_manager: _pm.PathManager | None = None,
+                 send_buffer: int = SEND_BUFFER, recv_buffer: int = RECV_BUFFER):
         self.id = conn_id
         self.key = key
         self.token = crypto.key_token(key)
         self.idsn = crypto.key_idsn(key)
         self.counters = counters
+        self.scheduler = scheduler or FirstUsable()
+        self.pm = path_manager or _pm.SinglePath()
         self.created = now
-        self.state = CONNECTING
-        self.mode: str | None = None
+        self.state = ConnState.CONNECTING
+        self.mode: Mode | None = None
         self.want_checksums = checksums
         self.checksums = False
         self.peer_key: int | None = None
         self.subflows: list[Subflow] = []
         self.error: str | None = None
         self.peer_dss_seen = False
+        self._events: deque[Event] = deque()
+        self.connected_at: float | None = None   # the initial subflow's socket connected
+        self.app_accepted = False                # the listener accepted the app's leg
+        self._subflows_shut = False
 
-        # Send side: bytes from the app by DSN. send_buf holds [snd_una, snd_end).
-        self.send_limit = send_buffer
-        self.send_buf = bytearray()
-        self.snd_una = self.idsn + 1
-        self.snd_nxt = self.idsn + 1       # next DSN to put into a chunk
+        # Send side: bytes from the app by DSN, from IDSN + 1.
+        self.sendbuf = SendBuffer(self.idsn + 1, send_buffer)
         self.peer_wnd_end: int | None = None
         self.app_eof = False               # the app sent FIN: DATA_FIN after the last byte
         self.fin_sent_at: float | None = None
@@ -159,91 +122,147 @@ class Connection:
         self.persist_rto = PERSIST_INITIAL
 
         # Receive side.
-        self.recv_limit = recv_buffer
-        self.assembler = None
-        self.rcv_ref = 0                   # unwrapped DSN near the reassembly point
-        self.plain_rx = bytearray()        # fallback: bytes in order, no DSN
-        self.peer_fin_dsn: int | None = None
-        self.peer_fin_ack_pending = False
-        self.data_ack_sent = 0
+        self.recv = ReceivePath(recv_buffer, counters)
         self.app_shut = False              # FIN passed on to the app
         self.bytes_from_app = 0
         self.bytes_to_app = 0
-        self._dack_key = None
-        self._dack = 0
-        self._rx_checks: dict = {}         # (subflow id, mapping start) -> (DSS checksum, announced length)
 
-    # ------------------------------------------------------------ properties
+    # ------------------------------------------------------------ views
+
+    @property
+    def snd_una(self) -> int:
+        return self.sendbuf.una
+
+    @property
+    def snd_nxt(self) -> int:
+        return self.sendbuf.nxt
 
     @property
     def snd_end(self) -> int:
-        return self.snd_una + len(self.send_buf)
-
-    @property
-    def fin_dsn(self) -> int | None:
-        return self.snd_end if self.app_eof else None
+        return self.sendbuf.end
 
     @property
     def is_mptcp(self) -> bool:
-        return self.mode == MPTCP
+        return self.mode == Mode.MPTCP
 
-    def new_subflow(self, path: int, local_port: int) -> Subflow:
-        sf = Subflow(self, path, local_port, address_id=len(self.subflows))
+    @property
+    def over(self) -> bool:
+        return self.state in (ConnState.ABORTED, ConnState.CLOSED)
+
+    def events(self) -> list[Event]:
+        """What the edge must do now, in order (drains the queue)."""
+        out = list(self._events)
+        self._events.clear()
+        return out
+
+    # ------------------------------------------------------------ lifecycle inputs
+
+    def start(self, now: float) -> None:
+        """The app's SYN arrived: open the initial subflow where the path manager says."""
+        path = self.pm.initial_path()
+        if path is None:
+            self._close_without_subflow("connect_errors")
+            return
+        self._events.append(OpenSubflow(path))
+
+    def subflow_opened(self, path: int, local_port: int) -> Subflow:
+        """The edge made the socket an OpenSubflow asked for (before connect: its SYN follows)."""
+        initial = not self.subflows
+        sf = Subflow(self, path, local_port, _pm.address_id(path, initial),
+                     SubflowKind.INITIAL if initial else SubflowKind.JOIN)
         self.subflows.append(sf)
         return sf
 
-    def live_subflows(self) -> list[Subflow]:
-        return [s for s in self.subflows if s.established and not s.closed]
+    def subflow_open_failed(self, path: int) -> None:
+        """The socket for an OpenSubflow could not be made (the edge counted why)."""
+        if not self.subflows:
+            self._close_without_subflow("connect_errors")
 
-    # ------------------------------------------------------------ handshake
+    def _close_without_subflow(self, reason: str) -> None:
+        self.state = ConnState.ABORTED
+        self.error = reason
+        self.counters[reason] += 1
+        self._events.append(Closed(reset=True, reason=reason))
+
+    def subflow_connected(self, sf: Subflow, now: float) -> None:
+        """sf's socket finished its handshake."""
+        sf.connected()
+        if self.state != ConnState.CONNECTING or sf.kind != SubflowKind.INITIAL:
+            return
+        self.state = ConnState.ESTABLISHED
+        if self.mode is None:
+            # The SYN/ACK went past the datapath without being seen (cannot happen unless
+            # the capture is broken): plain TCP is the safe reading.
+            self._set_fallback("fallback_unseen_synack")
+        self.connected_at = now
+        # The app's SYN goes on only now, so a refused or unreachable destination looks to the
+        # app as it would without mptun.
+        self._events.append(ReleaseAppSyn())
+
+    def subflow_connect_failed(self, sf: Subflow, reason: str, detail: str) -> None:
+        """sf's connect failed; reason is "refused", "connect_timeouts" or "connect_errors"."""
+        sf.close()
+        if self.state != ConnState.CONNECTING:
+            self.abort("resets_from_peer")
+            return
+        self.counters[reason] += 1
+        self.state = ConnState.ABORTED
+        self.error = detail
+        if reason == "refused":
+            self._events.append(RefuseApp())
+        self._events.append(Closed(reset=False, reason=detail))
+
+    def subflow_reset(self, sf: Subflow) -> None:
+        """sf's socket failed after it connected (the peer's RST)."""
+        self.abort("resets_from_peer")
+
+    def on_app_accepted(self) -> None:
+        self.app_accepted = True
+
+    def app_reset(self) -> None:
+        """The app's socket failed (its RST)."""
+        self.abort("resets_from_app")
+
+    def abort(self, reason: str) -> None:
+        """Reset the connection: the app gets a RST, the peer MP_FASTCLOSE (unless it started it)."""
+        if self.over:
+            return
+        self.state = ConnState.ABORTED
+        self.error = reason
+        self.counters[reason] += 1
+        self._events.append(Closed(reset=True, reason=reason))
 
     def _set_fallback(self, reason: str) -> None:
-        self.mode = FALLBACK
+        self.mode = Mode.FALLBACK
         self.counters[reason] += 1
-
-    def _start_receiving(self) -> None:
-        assert self.peer_key is not None
-        start = crypto.key_idsn(self.peer_key) + 1
-        self.rcv_ref = start
-        self.data_ack_sent = start
-        self.assembler = _asm.DsnAssembler(start & M64, self.recv_limit)
+        self.recv.start_plain()
 
     # ------------------------------------------------------------ outgoing subflow packets
 
     def outgoing(self, sf: Subflow, seq: int, ack: int, flags: int, payload_len: int, window: int,
                  options: bytes) -> bytes | None:
-        """The MPTCP options to add to this segment of sf going to the peer (None: add nothing).
-
-        Raises LookupError if the segment cannot be sent as it is (it is dropped; TCP retransmits)."""
+        """The MPTCP options to add to this segment of sf going to the peer: b"" to add nothing,
+        None to drop it (the reason is counted; TCP retransmits it)."""
         if flags & TCP_SYN:
-            sf.our_isn = seq
-            sf.snd_nxt = _u32(seq + 1)
-            sf.our_wscale = _wscale_of(options)
-            sf.rcv_wnd_edge = 1 + window     # a SYN's window is never scaled (RFC 7323 2.2)
-            if self.mode == FALLBACK:
-                return None
+            sf.seen_syn(seq, window, _wscale_of(options))
+            if self.mode == Mode.FALLBACK:
+                return b""
             # RFC 8684 3.1: MP_CAPABLE in the SYN, version 1, H (HMAC-SHA256); A if we want checksums.
             return _opt.emit_mp_capable_syn(self._mpc_flags())
         if sf.our_isn is None:
-            raise LookupError("segments_unmapped")
-        end = _u32(seq + payload_len + (1 if flags & TCP_FIN else 0))
-        if sf.snd_nxt is None or _seq.after32(end, sf.snd_nxt):
-            sf.snd_nxt = end
-        if flags & TCP_ACK:
-            sf.last_ack = ack
-            sf.last_window = window
-            sf.last_options = options
-        if self.mode != MPTCP:
-            return None
+            return self._drop("segments_unmapped")
+        sf.seen_out(seq, ack, flags, payload_len, window, options)
+        if self.mode != Mode.MPTCP:
+            return b""
         if flags & TCP_RST:
-            if self.state == ABORTED and self.error not in PEER_ABORTS and self.peer_key is not None:
+            if self.state == ConnState.ABORTED and self.error not in PEER_ABORTS and self.peer_key is not None:
                 # RFC 8684 3.5: MP_FASTCLOSE with the peer's key on a RST closes the whole connection.
                 return _opt.emit_mp_fastclose(self.peer_key & M64)
-            return None
+            return b""
         if flags & TCP_ACK:
-            self._note_kernel_ack(sf, ack)
+            sf.note_kernel_ack(ack)
 
-        rel = unwrap32(sf.write_ssn, _u32(seq - sf.our_isn)) if payload_len else 0
+        rel = sf.out_offset(seq) if payload_len else 0
         if not self.peer_dss_seen:
             # RFC 8684 3.1: until the peer's first DSS, the third ACK's MP_CAPABLE is repeated,
             # and the first data carries both keys and the data-level length (in case the third
@@ -251,11 +270,11 @@ class Connection:
             if payload_len == 0:
                 sf.mpc_ack_sent = True
                 return _opt.emit_mp_capable_ack(self._mpc_flags(), self.key, self.peer_key & M64)
-            if sf.first_chunk_len and rel + payload_len <= 1 + sf.first_chunk_len and sf is self.subflows[0]:
+            if sf.kind == SubflowKind.INITIAL and sf.first_chunk_len and rel + payload_len <= 1 + sf.first_chunk_len:
                 csum = sf.our_csums.get(1, 0)
                 return _opt.emit_mp_capable_ack_data(self._mpc_flags(), self.key, self.peer_key & M64,
                                                      sf.first_chunk_len, self.checksums, csum)
-        data_ack = self._data_ack()
+        data_ack = self.data_ack()
         if payload_len == 0:
             return _opt.emit_dss(True, data_ack & M64, True)
         m = sf.our_maps.lookup(rel)
@@ -263,82 +282,40 @@ class Connection:
             if rel + payload_len <= sf.peer_ack_ssn:
                 # The peer acknowledged these bytes while the kernel retransmitted them (its
                 # ACK was still on the way in): harmless to drop.
-                raise LookupError("retransmits_of_acked_data")
-            raise LookupError("segments_unmapped")
+                return self._drop("retransmits_of_acked_data")
+            return self._drop("segments_unmapped")
         start, dsn, length = m
         if rel + payload_len > start + length:
-            raise LookupError("segments_across_mappings")
-        return _opt.emit_dss(True, data_ack & M64, True, True, dsn & M64, True, _u32(start), length, False,
+            return self._drop("segments_across_mappings")
+        return _opt.emit_dss(True, data_ack & M64, True, True, dsn & M64, True, u32(start), length, False,
                              self.checksums, sf.our_csums.get(start, 0))
+
+    def _drop(self, reason: str) -> None:
+        self.counters[reason] += 1
+        return None
 
     def _mpc_flags(self) -> int:
         return w.MPC_HMAC_SHA256 | (w.MPC_CHECKSUM_REQUIRED if (self.want_checksums or self.checksums) else 0)
 
-    def _note_kernel_ack(self, sf: Subflow, ack: int) -> None:
-        if sf.peer_isn is None:
-            return
-        rel = unwrap32(sf.kernel_ack_ssn, _u32(ack - sf.peer_isn))
-        if rel > sf.kernel_ack_ssn:
-            sf.kernel_ack_ssn = rel
-        edge = rel + (sf.last_window << sf.our_wscale)
-        if sf.rcv_wnd_edge is None or edge > sf.rcv_wnd_edge:
-            sf.rcv_wnd_edge = edge   # TCP does not shrink its window: the highest edge stands
-
-    def _data_ack(self) -> int:
-        """RFC 8684 3.3.2: the DATA_ACK is the contiguous DSN prefix the host has received: what
-        is reassembled plus what the kernel sockets acknowledged (mapped, not yet read)."""
-        asm = self.assembler
-        base = unwrap64(self.rcv_ref, asm.next_dsn)
-        key = (base, tuple((s.read_ssn, s.kernel_ack_ssn, s.peer_maps.version) for s in self.subflows),
-               self.peer_fin_dsn)
-        if key == self._dack_key:
-            return self._dack
-        runs = []
-        for s in self.subflows:
-            runs.extend(s.peer_maps.runs(s.read_ssn, s.kernel_ack_ssn))
-        runs.extend((unwrap64(base, a), unwrap64(base, b)) for a, b in asm.ranges())
-        runs.sort()
-        ack = base
-        for a, b in runs:
-            if a > ack:
-                break
-            if b > ack:
-                ack = b
-        if self.peer_fin_dsn is not None and ack == self.peer_fin_dsn:
-            ack += 1   # RFC 8684 3.3.3: the DATA_FIN takes one octet of data sequence space
-        if ack < self.data_ack_sent:
-            ack = self.data_ack_sent
-        self.data_ack_sent = ack
-        if self.peer_fin_ack_pending and ack > self.peer_fin_dsn:
-            self.peer_fin_ack_pending = False
-        self._dack_key, self._dack = key, ack
-        return ack
+    def data_ack(self) -> int:
+        return self.recv.data_ack(self.subflows)
 
     # ------------------------------------------------------------ incoming subflow packets
 
     def incoming(self, sf: Subflow, seq: int, ack: int, flags: int, payload_len: int, window: int,
-                 o: dict) -> bool:
+                 o: dict | None) -> bool:
         """Record what the peer's segment says; False: drop it (the reason is counted)."""
         if flags & TCP_SYN:
-            return self._synack(sf, seq, flags, window, o)
-        if self.mode != MPTCP:
+            return self._synack(sf, seq, window, o)
+        if self.mode != Mode.MPTCP:
             return True
         if o["error"] and o["present"] & _HAS_MPTCP:
             # Malformed MPTCP options from the network: dropped and counted, never trusted.
             self.counters["malformed_options"] += 1
             return False
-        if flags & TCP_ACK and sf.our_isn is not None:
-            rel = unwrap32(sf.peer_ack_ssn, _u32(ack - sf.our_isn))
-            if rel > sf.write_ssn + 1:
-                # RFC 9293 3.10.7.4 / RFC 5961 5: an ACK of bytes never sent (+1: our FIN) is
-                # dropped by our kernel; nothing in the segment is acted on.
-                self.counters["acks_of_unsent_data"] += 1
-                return False
-            if rel > sf.peer_ack_ssn:
-                sf.peer_ack_ssn = rel
-                sf.our_maps.prune_below(rel)
-                for s in [k for k in sf.our_csums if k < rel - CHUNK_MAX]:
-                    del sf.our_csums[s]
+        if flags & TCP_ACK and not sf.note_peer_ack(ack, CHUNK_MAX):
+            self.counters["acks_of_unsent_data"] += 1
+            return False
         subs = o["suboptions"]
         if subs & _SUBOPT_DSS:
             self._dss(sf, seq, payload_len, window, o)
@@ -349,11 +326,9 @@ class Connection:
             self.counters["mp_fail_from_peer"] += 1
         return True
 
-    def _synack(self, sf: Subflow, seq: int, flags: int, window: int, o: dict) -> bool:
-        if sf.peer_isn is not None:
+    def _synack(self, sf: Subflow, seq: int, window: int, o: dict) -> bool:
+        if not sf.seen_synack(seq, o["wscale"] if o["present"] & _HAS_WSCALE else 0):
             return True   # a retransmitted SYN/ACK: decided already
-        sf.peer_isn = seq
-        sf.peer_wscale = o["wscale"] if o["present"] & _HAS_WSCALE else 0
         if self.mode is not None:
             return True
         form = o["mpc_form"] if o["suboptions"] & _SUBOPT_MP_CAPABLE else 0
@@ -362,259 +337,227 @@ class Connection:
             # RFC 8684 3.1: no (usable) MP_CAPABLE in the SYN/ACK: the connection is plain TCP.
             self._set_fallback("fallback_peer_version" if bad else "fallback_no_mp_capable")
             return True
-        self.mode = MPTCP
+        self.mode = Mode.MPTCP
         self.counters["mptcp_connections"] += 1
         self.peer_key = o["mpc_sender_key"]
         # RFC 8684 3.1: checksums are used if either host asks for them.
         self.checksums = bool(self.want_checksums or o["mpc_flags"] & w.MPC_CHECKSUM_REQUIRED)
-        self._start_receiving()
+        self.recv.start(crypto.key_idsn(self.peer_key) + 1, self.checksums)
         # The window of a SYN/ACK is never scaled (RFC 7323 2.2).
         self.peer_wnd_end = self.snd_una + window
         return True
 
-    def _in_window(self, sf: Subflow, seq: int, payload_len: int) -> bool:
-        """The segment lies within what our kernel accepts: [its ACK point, + advertised window]."""
-        if sf.peer_isn is None or sf.rcv_wnd_edge is None:
-            return True
-        rel = unwrap32(sf.kernel_ack_ssn, _u32(seq - sf.peer_isn))
-        return rel + payload_len >= sf.kernel_ack_ssn and rel <= sf.rcv_wnd_edge
-
     def _dss(self, sf: Subflow, seq: int, payload_len: int, window: int, o: dict) -> None:
         self.peer_dss_seen = True
         dflags = o["dss_flags"]
-        if dflags & (w.DSS_MAPPING | w.DSS_DATA_FIN) and not self._in_window(sf, seq, payload_len):
+        if dflags & (w.DSS_MAPPING | w.DSS_DATA_FIN) and not sf.in_window(seq, payload_len):
             # Our kernel drops a segment outside its window: its mapping or DATA_FIN is not
             # recorded (a spoofed or stale one would truncate or misplace the stream).
             self.counters["dss_outside_window"] += 1
             dflags &= ~(w.DSS_MAPPING | w.DSS_DATA_FIN)
         if dflags & w.DSS_DATA_ACK:
-            raw = o["data_ack"]
-            da = unwrap64(self.snd_una, raw) if dflags & w.DSS_DATA_ACK_64 else \
-                self.snd_una + _seq.diff32(raw, self.snd_una & M32)
-            limit = self.snd_nxt + (1 if self.fin_sent_at is not None else 0)
-            if da > limit:
-                self.counters["data_ack_invalid"] += 1
-            else:
-                if da > self.snd_una:
-                    acked = min(da, self.snd_end) - self.snd_una
-                    if acked > 0:
-                        del self.send_buf[:acked]
-                        self.snd_una += acked
-                if self.app_eof and da == self.snd_end + 1 and self.fin_sent_at is not None:
-                    self.fin_acked = True
-                # The peer's receive window is shared by all subflows and counts from the DATA_ACK.
-                end = da + (window << sf.peer_wscale)
-                if self.peer_wnd_end is None or end > self.peer_wnd_end:
-                    self.peer_wnd_end = end
+            self._data_ack_from_peer(sf, expand_dsn(self.snd_una, o["data_ack"], bool(dflags & w.DSS_DATA_ACK_64)),
+                                     window)
         if dflags & w.DSS_MAPPING:
-            raw = o["dsn"]
-            dsn = unwrap64(self.rcv_ref, raw) if dflags & w.DSS_DSN_64 else \
-                self.rcv_ref + _seq.diff32(raw, self.rcv_ref & M32)
-            length = announced = o["data_len"]
-            if dflags & w.DSS_DATA_FIN and (payload_len or o["subflow_seq"] == 0):
-                # RFC 8684 3.3.3: the DATA_FIN is the last octet of the mapping.
-                fin = dsn + length - 1 if length else dsn
-                if self.peer_fin_dsn is None:
-                    self.peer_fin_dsn = fin
-                self.peer_fin_ack_pending = True
-                self._dack_key = None
-                length = max(0, length - 1)
-                if o["subflow_seq"] == 0 or length == 0:
-                    return
-            if length == 0:
-                # RFC 8684 3.3.1: data-level length 0 is an infinite mapping (fallback).
-                self.counters["fallback_infinite_mapping"] += 1
-                length = INFINITE
-            if payload_len == 0 and length != INFINITE:
-                return      # a mapping describes the payload it rides on (a bare DATA_FIN aside)
-            start = unwrap32(sf.read_ssn, o["subflow_seq"])
-            if length != INFINITE:
-                rel = unwrap32(sf.read_ssn, _u32(seq - sf.peer_isn))
-                if start >= rel + payload_len or start + length <= rel:
-                    self.counters["dss_mapping_off_payload"] += 1
-                    return
-            if len(sf.peer_maps) >= PEER_MAPPINGS_MAX and sf.peer_maps.lookup(start) is None:
-                self.counters["peer_mappings_overflow"] += 1
-                return
-            if sf.peer_maps.add(start, dsn, length):
-                if self.checksums and o["dss_has_checksum"]:
-                    # Linux (subflow.c validate_data_csum) and RFC 8684 3.3.1: the pseudo-header
-                    # carries the announced data-level length, the DATA_FIN's octet included.
-                    self._rx_checks[(id(sf), start)] = (o["dss_checksum"], announced)
-            elif sf.peer_maps.conflicts:
-                self.counters["dss_conflicts"] += sf.peer_maps.conflicts
-                sf.peer_maps.conflicts = 0
+            self.recv.record_mapping(sf, seq, payload_len, o, bool(dflags & w.DSS_DATA_FIN))
 
-    # ------------------------------------------------------------ data from and to the app
+    def _data_ack_from_peer(self, sf: Subflow, da: int, window: int) -> None:
+        limit = self.snd_nxt + (1 if self.fin_sent_at is not None else 0)
+        if da > limit:
+            self.counters["data_ack_invalid"] += 1
+            return
+        self.sendbuf.ack(da)
+        if self.app_eof and da == self.snd_end + 1 and self.fin_sent_at is not None:
+            self.fin_acked = True
+        # RFC 8684 3.3.4: the peer's receive window is shared by all subflows and counts from the DATA_ACK.
+        end = da + (window << sf.peer_wscale)
+        if self.peer_wnd_end is None or end > self.peer_wnd_end:
+            self.peer_wnd_end = end
+
+    # ------------------------------------------------------------ data from the app, to subflows
 
     def app_room(self) -> int:
         """How many more app bytes the send buffer takes."""
-        return max(0, self.send_limit - len(self.send_buf))
+        return self.sendbuf.room()
 
     def app_data(self, data) -> None:
         assert not self.app_eof, "app data after the app's FIN"
-        self.send_buf += data
+        self.sendbuf.append(data)
         self.bytes_from_app += len(data)
 
     def on_app_eof(self) -> None:
         self.app_eof = True
-        if self.state == ESTABLISHED:
-            self.state = CLOSING
+        if self.state == ConnState.ESTABLISHED:
+            self.state = ConnState.CLOSING
 
-    def next_chunk(self, sf: Subflow) -> memoryview | None:
-        """The bytes to write to sf's socket now (with MSG_EOR), or None. Call chunk_written after."""
-        if sf.chunk is not None:
-            return memoryview(sf.chunk[1])[sf.chunk[2]:]
-        if not sf.established or sf.closed or self.state == ABORTED:
+    def wants_app_read(self) -> bool:
+        return not self.app_eof and not self.over and self.app_room() > 0
+
+    def next_write(self) -> tuple[Subflow, memoryview] | None:
+        """The next bytes to write (with MSG_EOR) and the subflow socket they go to, or None.
+        Report each write with `written`."""
+        if self.over or self.state == ConnState.CONNECTING:
             return None
-        if self.mode == FALLBACK:
-            if not self.send_buf:
-                return None
-            # Plain TCP: the kernel socket is the only copy that matters; no mapping.
-            data = bytes(self.send_buf[:256 * 1024])
-            sf.chunk = [self.snd_nxt, data, 0]
-            return memoryview(data)
-        if self.mode != MPTCP:
+        for sf in self.subflows:
+            if sf.chunk is not None and sf.usable:
+                return sf, memoryview(sf.chunk[1])[sf.chunk[2]:]
+        candidates = [s for s in self.subflows if s.usable and s.chunk is None]
+        if not candidates or self._sendable() <= 0:
             return None
-        start = self.snd_nxt
-        n = min(CHUNK_MAX, self.snd_end - start)
+        sf = self.scheduler.pick(self, candidates)
+        if sf is None:
+            return None
+        return sf, self._new_chunk(sf)
+
+    def _sendable(self) -> int:
+        """New bytes that may go to a subflow now."""
+        if self.mode == Mode.FALLBACK:
+            return self.sendbuf.unsent()
+        if self.mode != Mode.MPTCP:
+            return 0
+        n = self.sendbuf.unsent()
         if self.peer_wnd_end is not None:
-            n = min(n, self.peer_wnd_end - start)
-        if n <= 0:
-            return None
-        data = bytes(self.send_buf[start - self.snd_una:start - self.snd_una + n])
+            # RFC 8684 3.3.4: nothing beyond DATA_ACK + window (Linux drops it, NoDSSInWindow).
+            n = min(n, self.peer_wnd_end - self.snd_nxt)
+        return n
+
+    def _new_chunk(self, sf: Subflow) -> memoryview:
+        if self.mode == Mode.FALLBACK:
+            # Plain TCP: the kernel socket is the only copy that matters; no mapping.
+            dsn, data = self.sendbuf.take_new(PLAIN_CHUNK)
+            sf.chunk = [dsn, data, 0]
+            return memoryview(data)
+        dsn, data = self.sendbuf.take_new(min(CHUNK_MAX, self._sendable()))
+        n = len(data)
         ssn = sf.write_ssn
-        added = sf.our_maps.add(ssn, start, n)
+        added = sf.our_maps.add(ssn, dsn, n)
         assert added, "our mappings never overlap"
         if self.checksums:
-            sf.our_csums[ssn] = _ck.dss_checksum(start & M64, _u32(ssn), n, data)
+            sf.our_csums[ssn] = _ck.dss_checksum(dsn & M64, u32(ssn), n, data)
         if ssn == 1 and not self.peer_dss_seen:
             sf.first_chunk_len = n
-        sf.chunk = [start, data, 0]
-        self.snd_nxt = start + n
+        sf.chunk = [dsn, data, 0]
         return memoryview(data)
 
-    def chunk_written(self, sf: Subflow, n: int) -> None:
-        assert sf.chunk is not None and 0 <= n <= len(sf.chunk[1]) - sf.chunk[2]
-        sf.chunk[2] += n
+    def written(self, sf: Subflow, n: int) -> None:
+        """n bytes of what next_write gave were written to sf's socket; fewer than offered means
+        the socket is full: sf gets nothing more until `subflow_writable`."""
+        chunk = sf.chunk
+        assert chunk is not None and 0 <= n <= len(chunk[1]) - chunk[2]
+        left = len(chunk[1]) - chunk[2]
+        chunk[2] += n
         sf.write_ssn += n
-        if sf.chunk[2] == len(sf.chunk[1]):
-            if self.mode == FALLBACK:
-                del self.send_buf[:len(sf.chunk[1])]
-                self.snd_una += len(sf.chunk[1])
-                self.snd_nxt = self.snd_una
+        if n < left:
+            sf.write_blocked = True
+        if chunk[2] == len(chunk[1]):
+            if self.mode == Mode.FALLBACK:
+                self.sendbuf.ack(chunk[0] + len(chunk[1]))
             sf.chunk = None
+
+    def subflow_writable(self, sf: Subflow) -> None:
+        sf.write_blocked = False
+
+    def wants_write(self, sf: Subflow) -> bool:
+        """sf's socket is full and something waits for it: the edge should watch it for writability."""
+        return sf.write_blocked and not sf.closed and (sf.chunk is not None or self._sendable() > 0)
 
     def all_written(self) -> bool:
         """Every app byte is in a kernel socket (and so the FIN/DATA_FIN may follow)."""
         if any(s.chunk is not None for s in self.subflows):
             return False
-        return not self.send_buf if self.mode == FALLBACK else self.snd_nxt == self.snd_end
+        return self.sendbuf.unsent() == 0
+
+    # ------------------------------------------------------------ data from subflows, to the app
 
     def subflow_room(self) -> int:
         """How many bytes may be read from subflow sockets now (reassembly space)."""
-        if self.mode == FALLBACK:
-            return max(0, self.recv_limit - len(self.plain_rx))
-        if self.assembler is None:
-            return 0
-        return self.assembler.window()
+        return self.recv.room()
+
+    def wants_subflow_read(self, sf: Subflow) -> bool:
+        return not sf.eof and not sf.closed and self.recv.room() > 0
 
     def subflow_data(self, sf: Subflow, data) -> None:
         """Bytes read from sf's socket: placed by the peer's mappings into the reassembly."""
-        n = len(data)
-        if self.mode == FALLBACK:
-            self.plain_rx += data
-            sf.read_ssn += n
-            return
-        view = memoryview(data)
-        pos = 0
-        asm = self.assembler
-        while pos < n:
-            off = sf.read_ssn
-            m = sf.peer_maps.lookup(off)
-            if m is None:
-                # RFC 8684 3.3.1: data without a mapping cannot be placed in the data stream.
-                self.abort("unmapped_data")
-                return
-            start, dsn, length = m
-            take = min(n - pos, start + length - off)
-            piece = view[pos:pos + take]
-            if self.checksums and length != INFINITE:
-                if not self._check_piece(sf, start, dsn, length, off, piece):
-                    self.abort("dss_checksum_failures")
-                    return
-            # Bytes mapped below what is held are duplicates (Linux's zero-window probes):
-            # the assembler keeps the first copy and never overwrites it.
-            asm.insert((dsn + (off - start)) & M64, piece)
-            sf.read_ssn += take
-            pos += take
-        sf.peer_maps.prune_below(sf.read_ssn)
-        self._advance_rcv_ref()
+        reason = self.recv.place(sf, data)
+        if reason is not None:
+            self.abort(reason)
 
-    def _check_piece(self, sf, start, dsn, length, off, piece) -> bool:
-        key = (id(sf), start)
-        if key not in self._rx_checks:
-            return True
-        if sf.rx_csum is None or sf.rx_csum[0] != start:
-            sf.rx_csum = (start, 0, 0)
-        _, acc, got = sf.rx_csum
-        acc = _ck.ones_sum(piece, acc, got)
-        got += len(piece)
-        if got < length:
-            sf.rx_csum = (start, acc, got)
-            return True
-        sf.rx_csum = None
-        want, announced = self._rx_checks.pop(key)
-        return _ck.dss_checksum_from_sum(dsn & M64, _u32(start), announced, acc) == want
-
-    def _advance_rcv_ref(self) -> None:
-        self.rcv_ref = unwrap64(self.rcv_ref, self.assembler.read_dsn)
+    def subflow_eof(self, sf: Subflow) -> None:
+        sf.eof = True
+        if self.mode == Mode.MPTCP and not any(not s.eof and not s.closed for s in self.subflows):
+            # The last subflow ended without a DATA_FIN: nothing more can arrive.
+            self.recv.last_subflow_ended()
 
     def app_pending(self) -> int:
         """In-order bytes waiting for the app."""
-        if self.mode == FALLBACK:
-            return len(self.plain_rx)
-        return self.assembler.readable() if self.assembler is not None else 0
+        return self.recv.readable()
 
     def take_for_app(self, max_len: int) -> bytes:
-        if self.mode == FALLBACK:
-            out = bytes(self.plain_rx[:max_len])
-            del self.plain_rx[:len(out)]
-        else:
-            out = self.assembler.read(max_len)
-            self._advance_rcv_ref()
+        out = self.recv.read(max_len)
         self.bytes_to_app += len(out)
         return out
 
-    def app_should_get_fin(self) -> bool:
-        """Everything before the peer's DATA_FIN (or, in fallback, the subflow FIN) is delivered."""
+    def app_fin_due(self) -> bool:
+        """Everything before the peer's DATA_FIN (or, in fallback, the subflow FIN) is delivered:
+        the app's socket should be shut for writing now (then call app_fin_delivered)."""
         if self.app_shut:
             return False
-        if self.mode == FALLBACK:
-            return bool(self.subflows) and self.subflows[0].eof and not self.plain_rx
-        if self.peer_fin_dsn is None or self.assembler is None:
-            return False
-        return unwrap64(self.rcv_ref, self.assembler.read_dsn) >= self.peer_fin_dsn
+        if self.mode == Mode.FALLBACK:
+            return bool(self.subflows) and self.subflows[0].eof and not self.recv.readable()
+        return self.recv.fin_reached()
 
-    def on_subflow_eof(self, sf: Subflow) -> None:
-        sf.eof = True
-        if self.mode == MPTCP and self.peer_fin_dsn is None and not any(
-                not s.eof and not s.closed for s in self.subflows):
-            # The last subflow ended without a DATA_FIN: nothing more can arrive.
-            self.counters["subflow_eof_without_data_fin"] += 1
-            self.peer_fin_dsn = unwrap64(self.rcv_ref, self.assembler.next_dsn)
+    def app_fin_delivered(self) -> None:
+        self.app_shut = True
 
-    # ------------------------------------------------------------ DATA_FIN, timers
+    # ------------------------------------------------------------ timers and what mptun sends itself
 
-    def control_segments(self, now: float) -> list[ControlSegment]:
-        """Pure ACKs mptun must send itself now: our bare DATA_FIN (and its retransmissions), the
-        DATA_ACK of a DATA_FIN the peer sent on a pure ACK (the kernel socket never acks those)."""
-        if self.mode != MPTCP or self.state == ABORTED:
-            return []
-        out = []
+    def poll(self, now: float) -> None:
+        """Act on time and on what the inputs changed: timeouts, our DATA_FIN and its retransmissions,
+        the DATA_ACK of the peer's bare DATA_FIN, window probes, the end of the connection."""
+        if self.over:
+            return
+        if self.state == ConnState.CONNECTING:
+            if now - self.created > CONNECT_TIMEOUT:
+                self.abort("connect_timeouts")
+            return
+        if (not self.app_accepted and self.connected_at is not None
+                and now - self.connected_at > APP_ACCEPT_TIMEOUT):
+            # The app gave up while its SYN was held (its socket is gone, so the listener never
+            # accepts): nobody will ever use this MPTCP connection.
+            self.abort("app_gone")
+            return
+        if self.mode == Mode.FALLBACK:
+            if self.app_eof and self.all_written() and not self._subflows_shut:
+                self._subflows_shut = True
+                self._events.extend(ShutdownSubflow(s) for s in self.subflows if not s.closed)
+        elif self.mode == Mode.MPTCP:
+            self._control_segments(now)
+            if self.over:
+                return
+        if self._done():
+            self.state = ConnState.CLOSED
+            self._events.append(Closed(reset=False, reason=None))
+
+    def get_timer(self) -> float | None:
+        """When `poll` must run next if no input comes first."""
+        if self.over:
+            return None
+        if self.state == ConnState.CONNECTING:
+            return self.created + CONNECT_TIMEOUT
+        times = []
+        if not self.app_accepted and self.connected_at is not None:
+            times.append(self.connected_at + APP_ACCEPT_TIMEOUT)
+        if self.mode == Mode.MPTCP:
+            if self.persist_at is not None:
+                times.append(self.persist_at)
+            if self.app_eof and not self.fin_acked and self.fin_sent_at is not None and self.snd_una >= self.snd_end:
+                times.append(max(self.fin_sent_at, self.all_acked_at or 0.0) + self.fin_rto)
+        return min(times) if times else None
+
+    def _control_segments(self, now: float) -> None:
         sf = self._control_subflow()
         if sf is None:
-            return []
+            return
         if self.app_eof and not self.fin_acked and self.all_written():
             # Retransmit only once everything before the DATA_FIN is DATA_ACKed: before that the
             # peer cannot acknowledge it, and each crafted ACK is a duplicate ACK to its TCP.
@@ -631,12 +574,13 @@ class Connection:
                 self.fin_tries += 1
                 if self.fin_tries > FIN_MAX_TRIES:
                     self.abort("data_fin_timeouts")
-                    return []
+                    return
                 self.fin_sent_at = now
                 # RFC 8684 3.3.3: a DATA_FIN without data: subflow sequence 0, data-level length 1.
-                opts = _opt.emit_dss(True, self._data_ack() & M64, True, True, self.snd_end & M64, True, 0, 1,
-                                     True, self.checksums, _dss_fin_checksum(self.snd_end) if self.checksums else 0)
-                out.append(self._segment(sf, opts))
+                end = self.snd_end
+                opts = _opt.emit_dss(True, self.data_ack() & M64, True, True, end & M64, True, 0, 1,
+                                     True, self.checksums, _dss_fin_checksum(end) if self.checksums else 0)
+                self._send_control(sf, opts)
                 self.counters["data_fin_sent"] += 1
         if self._window_closed_and_idle():
             if self.persist_at is None:
@@ -645,22 +589,19 @@ class Connection:
                 # A keepalive-style pure ACK one below the subflow's next sequence: old to the
                 # peer's TCP, which answers with a duplicate ACK carrying its current DATA_ACK
                 # and window (RFC 9293 3.10.7.4; RFC 8684 3.3.7 for the shared window).
-                seg = self._segment(sf, _opt.emit_dss(True, self._data_ack() & M64, True))
-                seg.seq = _u32(sf.snd_nxt - 1)
-                out.append(seg)
+                self._send_control(sf, _opt.emit_dss(True, self.data_ack() & M64, True), seq=u32(sf.snd_nxt - 1))
                 self.counters["window_probes_sent"] += 1
                 self.persist_rto = min(self.persist_rto * 2, PERSIST_MAX)
                 self.persist_at = now + self.persist_rto
         elif self.persist_at is not None:
             self.persist_at = None
             self.persist_rto = PERSIST_INITIAL
-        if self.peer_fin_ack_pending:
-            ack = self._data_ack()
-            if self.peer_fin_dsn is not None and ack > self.peer_fin_dsn:
-                self.peer_fin_ack_pending = False
-                out.append(self._segment(sf, _opt.emit_dss(True, ack & M64, True)))
+        if self.recv.fin_ack_pending:
+            ack = self.data_ack()
+            if self.recv.fin_dsn is not None and ack > self.recv.fin_dsn:
+                self.recv.fin_ack_pending = False
+                self._send_control(sf, _opt.emit_dss(True, ack & M64, True))
                 self.counters["data_fin_acks_sent"] += 1
-        return out
 
     def _control_subflow(self) -> Subflow | None:
         for s in self.subflows:
@@ -668,44 +609,25 @@ class Connection:
                 return s
         return None
 
-    def _segment(self, sf: Subflow, mptcp_options: bytes) -> ControlSegment:
-        return ControlSegment(sf, sf.snd_nxt, sf.last_ack, sf.last_window,
-                              _timestamps_of(sf.last_options) + mptcp_options)
+    def _send_control(self, sf: Subflow, mptcp_options: bytes, seq: int | None = None) -> None:
+        self._events.append(ControlSegment(sf, sf.snd_nxt if seq is None else seq, sf.last_ack, sf.last_window,
+                                           _timestamps_of(sf.last_options) + mptcp_options))
 
     def _window_closed_and_idle(self) -> bool:
         """The peer's data-level window is closed, app bytes wait for it and all sent is DATA_ACKed."""
         return (self.peer_wnd_end is not None and self.peer_wnd_end <= self.snd_nxt < self.snd_end
                 and self.snd_una == self.snd_nxt and all(s.chunk is None for s in self.subflows))
 
-    def next_timer(self) -> float | None:
-        if self.mode != MPTCP or self.state == ABORTED:
-            return None
-        times = []
-        if self.persist_at is not None:
-            times.append(self.persist_at)
-        if self.app_eof and not self.fin_acked and self.fin_sent_at is not None and self.snd_una >= self.snd_end:
-            times.append(max(self.fin_sent_at, self.all_acked_at or 0.0) + self.fin_rto)
-        return min(times) if times else None
-
-    def done(self) -> bool:
+    def _done(self) -> bool:
         """Both directions closed at the data level and everything handed over."""
-        if self.state == ABORTED:
-            return True
         if not (self.app_eof and self.app_shut):
             return False
-        if self.mode == FALLBACK:
+        if self.mode == Mode.FALLBACK:
             return self.all_written()
         return self.fin_acked
 
-    def abort(self, reason: str) -> None:
-        if self.state in (ABORTED, CLOSED):
-            return
-        self.state = ABORTED
-        self.error = reason
-        self.counters[reason] += 1
-
     def describe(self) -> dict:
-        return {"id": self.id, "state": self.state, "mode": self.mode or "handshake",
+        return {"id": self.id, "state": str(self.state), "mode": str(self.mode or "handshake"),
                 "token": f"{self.token:08x}", "bytes_from_app": self.bytes_from_app,
                 "bytes_to_app": self.bytes_to_app, "error": self.error,
                 "subflows": [s.describe() for s in self.subflows]}
@@ -717,11 +639,8 @@ def _dss_fin_checksum(dsn: int) -> int:
 
 
 def _wscale_of(options: bytes) -> int:
-    """The window scale option of our SYN's options area (0 if absent)."""
-    try:
-        o = _opt.parse_options(bytes(options) + b"\x01" * (-len(options) % 4))
-    except Exception:
-        return 0
+    """The window scale option of our SYN's options area (0 if absent or unreadable)."""
+    o = _opt.parse_options(bytes(options) + b"\x01" * (-len(options) % 4))
     return min(o["wscale"], 14) if o["present"] & _HAS_WSCALE else 0
 
 
@@ -742,14 +661,3 @@ def _timestamps_of(options: bytes) -> bytes:
             return b"\x01\x01" + bytes(options[i:i + 10])
         i += length
     return b""
-
-
-_HAS_MPTCP = 0x20
-_HAS_WSCALE = 0x02
-_SUBOPT_MP_CAPABLE = 1 << 0
-_SUBOPT_DSS = 1 << 2
-_SUBOPT_MP_FAIL = 1 << 6
-_SUBOPT_MP_FASTCLOSE = 1 << 7
-_MPC_FORM_SYNACK = 2
-_REASON_BAD_VERSION = 6
-_REASON_UNSUPPORTED_MPC_FLAGS = 8

@@ -70,10 +70,6 @@ class MappingTable:
                 return entry
         return None
 
-    def dsn_of(self, offset: int) -> int | None:
-        m = self.lookup(offset)
-        return None if m is None else m[1] + (offset - m[0])
-
     def prune_below(self, offset: int) -> None:
         """Forget mappings that end at or before offset (acknowledged, or read out)."""
         k = 0
@@ -99,11 +95,3 @@ class MappingTable:
             if a < b:
                 yield d + (a - s), d + (b - s)
             i += 1
-
-    @property
-    def first(self) -> tuple[int, int, int] | None:
-        return self._entries[0] if self._entries else None
-
-    @property
-    def last(self) -> tuple[int, int, int] | None:
-        return self._entries[-1] if self._entries else None

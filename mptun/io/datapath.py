@@ -13,17 +13,19 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import socket
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
 from mptun import impl
-from mptun.core.connection import ABORTED, CLOSED, TCP_ACK, TCP_RST, TCP_SYN, ControlSegment, Connection
-from mptun.core.counters import Counters
-from mptun.core.flows import AppLeg, FlowTable
+from mptun.core.connection import Connection, Mode
+from mptun.core.events import ControlSegment
+from mptun.core.mib import REWRITE_PREFIX, Counters
+from mptun.io.paths import PathIO
+from mptun.io.subflows import SubflowSockets
+from mptun.nat.appleg import AppLeg, AppLegTable
 from mptun.wire import tcpip
+from mptun.wire.tcpip import TCP_ACK, TCP_RST, TCP_SYN
 
 log = logging.getLogger("mptun")
 rw = impl.load("rewrite")
@@ -34,49 +36,15 @@ BATCH = 64
 HEADROOM = 128
 VNET_F_NEEDS_CSUM = 1
 VNET_F_DATA_VALID = 2
-SOL_PACKET = 263
-PACKET_VNET_HDR = 15
 ETH_P_IP = 0x0800
-
-
-@dataclass
-class PathIO:
-    """One path interface as the datapath uses it."""
-
-    index: int
-    ifname: str
-    ifindex: int
-    addr: bytes          # the interface's address: subflow source on the wire
-    sub_addr: bytes      # where the subflow sockets of this path are bound (on the TUN)
-    eth: bytes           # gateway MAC + own MAC (12 bytes), b"" without a link layer
-    sock: socket.socket | None = None
-
-    def open(self, vnet: bool) -> None:
-        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)   # protocol 0: receives nothing
-        try:
-            if vnet:
-                # Super-packets go out whole; the kernel segments them and copies our
-                # options into every segment (DESIGN.md, TUN offload).
-                s.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
-            s.bind((self.ifname, 0))
-            s.setblocking(False)
-        except BaseException:
-            s.close()
-            raise
-        self.sock = s
-
-    def close(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
 
 
 class Datapath:
     """Owns the TUN's packet batch and the flow table's per-packet use."""
 
     def __init__(self, tun_fd: int, vnet_len: int, tun_addr: IPv4Address, fake_block: IPv4Network,
-                 listener_port: int, paths: list[PathIO], subflow_ports: tuple[int, int], flows: FlowTable,
-                 counters: Counters, new_connection: Callable[[int, bytes, int, bytes], AppLeg | None]):
+                 listener_port: int, paths: list[PathIO], legs: AppLegTable, subflows: SubflowSockets,
+                 counters: Counters, new_connection: Callable[[int, bytes, int, bytes], None]):
         self.fd = tun_fd
         self.vnet = vnet_len
         self.tun_addr = tun_addr.packed
@@ -86,14 +54,25 @@ class Datapath:
         self.paths = paths
         self.by_sub_addr = {p.sub_addr: p for p in paths}
         self.by_addr = {p.addr: p for p in paths}
-        self.port_lo, self.port_hi = subflow_ports
-        self.flows = flows
+        self.legs = legs
+        self.subflows = subflows
         self.counters = counters
         self.new_connection = new_connection
         self.batch = rw.PacketBatch(BATCH, rw.MAX_PACKET, HEADROOM, vnet_len)
-        self.dirty: set[Connection] = set()
+        self._dirty: set[Connection] = set()
         self._dest: list = [None] * BATCH
         self._zero_vnet = bytes(vnet_len)
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def take_dirty(self) -> set[Connection]:
+        """The connections whose peer packets this datapath passed since the last call."""
+        dirty, self._dirty = self._dirty, set()
+        return dirty
+
+    def rewrite_counters(self) -> dict[str, int]:
+        return {k: v for k, v in self.batch.counters().items() if v}
 
     # ------------------------------------------------------------ the loop
 
@@ -133,12 +112,12 @@ class Datapath:
             status = batch.status(i)
             if status != rw.OK:
                 self.counters["no_option_room" if status == rw.NO_ROOM else
-                              "rewrite:" + rw.status_name(status)] += 1
+                              REWRITE_PREFIX + rw.status_name(status)] += 1
                 continue
             if d is self:
                 self.write_tun(batch.view(i))
-            else:
-                self._send(d, batch.view(i))
+            elif not d.send(batch.view(i)):
+                self.counters["send_errors"] += 1
         return n
 
     def write_tun(self, data) -> None:
@@ -146,12 +125,6 @@ class Datapath:
             os.write(self.fd, data)
         except OSError:
             self.counters["tun_write_errors"] += 1
-
-    def _send(self, path: PathIO, data) -> None:
-        try:
-            path.sock.send(data)
-        except OSError:
-            self.counters["send_errors"] += 1
 
     # ------------------------------------------------------------ decisions, one packet each
 
@@ -170,7 +143,7 @@ class Datapath:
         if path is not None:
             return self._subflow_out(i, f, path)
         path = self.by_addr.get(f["dst"])
-        if path is not None and self.port_lo <= f["dport"] <= self.port_hi:
+        if path is not None and self.subflows.in_range(f["dport"]):
             return self._wire_in(i, f, path)
         self.counters["unknown_flow"] += 1
         return None
@@ -178,12 +151,10 @@ class Datapath:
     def _app_to_listener(self, i: int, f: dict):
         flags = f["flags"]
         key = (f["sport"], f["dst"], f["dport"])
-        leg = self.flows.by_app.get(key)
+        leg = self.legs.by_app.get(key)
         is_syn = flags & (TCP_SYN | TCP_ACK) == TCP_SYN
-        if leg is not None and is_syn and leg.conn.state in (CLOSED, ABORTED):
-            # The app reuses its port towards the same destination: a new connection.
-            self.flows.remove(leg.conn)
-            leg = None
+        if leg is not None and is_syn and leg.conn.over:
+            leg = None      # the app reuses its port towards the same destination: a new connection
         if leg is None:
             if is_syn:
                 # Hold the SYN until the upstream MPTCP handshake has succeeded.
@@ -191,7 +162,7 @@ class Datapath:
             else:
                 self.counters["unknown_flow"] += 1
             return None
-        if leg.syn is not None:
+        if leg.holding_syn:
             if is_syn:
                 self.counters["syn_absorbed"] += 1
             return None
@@ -199,7 +170,7 @@ class Datapath:
         return self
 
     def _listener_to_app(self, i: int, f: dict):
-        leg = self.flows.by_fake.get((f["dst"], f["dport"]))
+        leg = self.legs.by_fake.get((f["dst"], f["dport"]))
         if leg is None or f["sport"] != self.listener_port:
             # Only the listener speaks for the destination: another local socket sending to
             # the fake pair must not reach the app's connection.
@@ -209,16 +180,13 @@ class Datapath:
         return self
 
     def _subflow_out(self, i: int, f: dict, path: PathIO):
-        sf = self.flows.by_subflow.get((path.index, f["sport"]))
+        sf = self.subflows.lookup(path.index, f["sport"])
         if sf is None:
             self.counters["unknown_flow"] += 1
             return None
-        conn = sf.conn
-        try:
-            opts = conn.outgoing(sf, f["seq"], f["ack"], f["flags"], f["payload_len"], f["window"], f["options"])
-        except LookupError as e:
-            self.counters[e.args[0]] += 1
-            return None
+        opts = sf.conn.outgoing(sf, f["seq"], f["ack"], f["flags"], f["payload_len"], f["window"], f["options"])
+        if opts is None:
+            return None     # dropped, counted by the connection; TCP retransmits it
         if opts:
             self.batch.set_action(i, options=opts, src=path.addr, eth=path.eth or None)
         else:
@@ -226,12 +194,12 @@ class Datapath:
         return path
 
     def _wire_in(self, i: int, f: dict, path: PathIO):
-        sf = self.flows.by_subflow.get((path.index, f["dport"]))
+        sf = self.subflows.lookup(path.index, f["dport"])
         if sf is None:
             self.counters["unknown_flow"] += 1
             return None
         conn = sf.conn
-        leg = self.flows.legs.get(conn.id)
+        leg = self.legs.by_conn.get(conn.id)
         if leg is not None and (f["src"] != leg.dst or f["sport"] != leg.dst_port):
             self.counters["unknown_flow"] += 1
             return None
@@ -242,13 +210,13 @@ class Datapath:
                 self.counters["tcp_checksum_failures"] += 1
                 return None
         flags = f["flags"]
-        mptcp = conn.mode != "fallback" or flags & TCP_SYN
+        mptcp = conn.mode != Mode.FALLBACK or flags & TCP_SYN
         o = _mo.parse_options(f["options"]) if mptcp else None
         if not conn.incoming(sf, f["seq"], f["ack"], flags, f["payload_len"], f["window"], o):
             return None
         if flags & TCP_RST:
             self.counters["rst_from_peer_packets"] += 1
-        self.dirty.add(conn)
+        self._dirty.add(conn)
         if mptcp:
             self.batch.set_action(i, strip_mptcp=True, dst=path.sub_addr)
         else:
@@ -273,7 +241,8 @@ class Datapath:
                               flags=TCP_ACK, window=seg.window, options=opts + b"\x01" * pad)
         pkt = tcpip.build_packet(IPv4Address(path.addr), IPv4Address(peer), tcp)
         eth = path.eth + struct.pack("!H", ETH_P_IP) if path.eth else b""
-        self._send(path, self._zero_vnet + eth + pkt)
+        if not path.send(self._zero_vnet + eth + pkt):
+            self.counters["send_errors"] += 1
 
     def inject_to_app(self, leg: AppLeg, seq: int, ack: int, flags: int) -> None:
         """A segment to the app as if from its destination (the RST of a refused connection)."""
@@ -281,12 +250,23 @@ class Datapath:
         pkt = tcpip.build_packet(IPv4Address(leg.dst), IPv4Address(self.tun_addr), tcp)
         self.write_tun(self._zero_vnet + pkt)
 
+    def refuse_syn(self, leg: AppLeg) -> None:
+        """A RST for the app's held SYN, as from its destination (refused, or mptun going down)."""
+        syn = leg.take_syn()
+        if not syn or len(syn) < self.vnet + 28:
+            return
+        ihl = (syn[self.vnet] & 0x0F) * 4
+        syn_seq = struct.unpack_from("!I", syn, self.vnet + ihl + 4)[0]
+        self.inject_to_app(leg, 0, (syn_seq + 1) & 0xFFFFFFFF, TCP_RST | TCP_ACK)
+
     def release_syn(self, leg: AppLeg) -> None:
         """The app's held SYN, now NATed to the listener: the app leg's handshake may proceed."""
-        syn, leg.syn = leg.syn, None
+        syn = leg.take_syn()
+        if syn is None:
+            return
         status, pkt = rw.rewrite(syn, self.vnet, src=leg.fake, sport=leg.fake_port, dst=self.tun_addr,
                                  dport=self.listener_port)
         if status == rw.OK:
             self.write_tun(pkt)
         else:
-            self.counters["rewrite:" + rw.status_name(status)] += 1
+            self.counters[REWRITE_PREFIX + rw.status_name(status)] += 1

@@ -6,9 +6,11 @@ options are built with mptun.wire's value types and parsed back with the datapat
 import pytest
 
 from mptun import impl
-from mptun.core.connection import (ABORTED, CHUNK_MAX, FALLBACK, M64, MPTCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
-                                   Connection)
-from mptun.core.counters import Counters
+from mptun.core.connection import CHUNK_MAX, Connection, ConnState, Mode
+from mptun.core.events import Closed, ControlSegment
+from mptun.core.mib import Counters
+from mptun.core.seqspace import M64
+from mptun.wire.tcpip import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN
 from mptun.wire import crypto
 from mptun.wire import mptcp as w
 from mptun.wire.tcpip import Timestamps, WindowScale
@@ -33,10 +35,42 @@ def parsed(options: bytes) -> dict:
     return mo.parse_options(options + b"\x01" * (-len(options) % 4))
 
 
+ABORTED, FALLBACK, MPTCP = ConnState.ABORTED, Mode.FALLBACK, Mode.MPTCP
+
+
 def new_conn(**kw) -> tuple[Connection, object]:
     conn = Connection(1, OUR_KEY, 0.0, Counters(), **kw)
-    sf = conn.new_subflow(0, 61440)
+    conn.start(0.0)
+    sf = conn.subflow_opened(0, 61440)
     return conn, sf
+
+
+def connected(conn, sf):
+    """The subflow's socket connected and the app's leg was accepted (as the edge reports them)."""
+    conn.subflow_connected(sf, 0.0)
+    conn.on_app_accepted()
+    conn.events()
+
+
+def next_chunk(conn, sf):
+    """What the connection gives sf's socket next, or None."""
+    w = conn.next_write()
+    if w is None:
+        return None
+    assert w[0] is sf
+    return w[1]
+
+
+def write_chunk(conn, sf, n=None):
+    chunk = next_chunk(conn, sf)
+    conn.written(sf, len(chunk) if n is None else n)
+    return chunk
+
+
+def control(conn, now):
+    """The pure ACKs mptun sends itself at now."""
+    conn.poll(now)
+    return [e for e in conn.events() if isinstance(e, ControlSegment)]
 
 
 def handshake(conn, sf, peer_mpc=True, window=65535, wscale=7, peer_flags=w.MPC_HMAC_SHA256):
@@ -45,8 +79,7 @@ def handshake(conn, sf, peer_mpc=True, window=65535, wscale=7, peer_flags=w.MPC_
     if peer_mpc:
         opts.append(w.MpCapable.synack(PEER_KEY, peer_flags))
     assert conn.incoming(sf, PEER_ISN, OUR_ISN + 1, TCP_SYN | TCP_ACK, 0, window, rec(*opts))
-    sf.established = True
-    conn.state = "established"
+    connected(conn, sf)
     return syn_opts
 
 
@@ -88,13 +121,13 @@ def test_synack_without_mp_capable_is_fallback_and_nothing_is_added():
     handshake(conn, sf, peer_mpc=False)
     assert conn.mode == FALLBACK
     assert conn.counters["fallback_no_mp_capable"] == 1
-    assert conn.outgoing(sf, OUR_ISN + 1, PEER_ISN + 1, TCP_ACK, 0, 500, TS) is None
+    assert conn.outgoing(sf, OUR_ISN + 1, PEER_ISN + 1, TCP_ACK, 0, 500, TS) == b""
     conn.app_data(b"x" * 1000)
-    chunk = conn.next_chunk(sf)
+    chunk = next_chunk(conn, sf)
     assert bytes(chunk) == b"x" * 1000
-    conn.chunk_written(sf, 1000)
-    assert conn.outgoing(sf, OUR_ISN + 1, PEER_ISN + 1, TCP_ACK, 1000, 500, TS) is None
-    assert conn.send_buf == b""     # the kernel socket is the only copy in fallback
+    conn.written(sf, 1000)
+    assert conn.outgoing(sf, OUR_ISN + 1, PEER_ISN + 1, TCP_ACK, 1000, 500, TS) == b""
+    assert len(conn.sendbuf) == 0     # the kernel socket is the only copy in fallback
     conn.subflow_data(sf, b"hello")
     assert conn.take_for_app(100) == b"hello"
 
@@ -118,8 +151,8 @@ def test_first_data_carries_mp_capable_with_the_data_level_length():
     conn, sf = new_conn()
     handshake(conn, sf)
     conn.app_data(b"GET / HTTP/1.1\r\n\r\n")
-    chunk = conn.next_chunk(sf)
-    conn.chunk_written(sf, len(chunk))
+    chunk = next_chunk(conn, sf)
+    conn.written(sf, len(chunk))
     o = parsed(conn.outgoing(sf, OUR_ISN + 1, PEER_ISN + 1, TCP_ACK | 0x08, 18, 500, TS))
     assert o["mpc_form"] == 4 and o["mpc_data_len"] == 18
     assert (o["mpc_sender_key"], o["mpc_receiver_key"]) == (OUR_KEY, PEER_KEY)
@@ -131,8 +164,8 @@ def test_after_the_peers_dss_data_carries_a_dss_mapping_and_data_ack():
     peer_dss(conn, sf, data_ack=conn.idsn + 1, window=1000)
     assert conn.peer_dss_seen
     conn.app_data(b"a" * 300)
-    chunk = conn.next_chunk(sf)
-    conn.chunk_written(sf, len(chunk))
+    chunk = next_chunk(conn, sf)
+    conn.written(sf, len(chunk))
     o = parsed(conn.outgoing(sf, OUR_ISN + 1, PEER_ISN + 1, TCP_ACK, 300, 500, TS))
     assert o["dss_flags"] & w.DSS_MAPPING and o["dss_flags"] & w.DSS_DATA_ACK
     assert (o["dsn"], o["subflow_seq"], o["data_len"]) == (conn.idsn + 1, 1, 300)
@@ -149,17 +182,17 @@ def test_chunks_stay_under_64k_and_within_the_peers_window():
     handshake(conn, sf, wscale=0)
     peer_dss(conn, sf, data_ack=conn.idsn + 1, window=50_000)
     conn.app_data(bytes(200_000))
-    chunk = conn.next_chunk(sf)
+    chunk = next_chunk(conn, sf)
     assert len(chunk) == CHUNK_MAX < 65536    # RFC 8684 3.3: a 16-bit data-level length
-    conn.chunk_written(sf, len(chunk))
+    conn.written(sf, len(chunk))
     # The window the SYN/ACK gave (65535, never scaled) is the larger one seen so far.
-    chunk = conn.next_chunk(sf)
+    chunk = next_chunk(conn, sf)
     assert len(chunk) == 65535 - CHUNK_MAX
-    conn.chunk_written(sf, len(chunk))
-    assert conn.next_chunk(sf) is None        # nothing beyond DATA_ACK + window (RFC 8684 3.3.4)
+    conn.written(sf, len(chunk))
+    assert next_chunk(conn, sf) is None        # nothing beyond DATA_ACK + window (RFC 8684 3.3.4)
     peer_dss(conn, sf, data_ack=conn.idsn + 1 + 65535, window=65535, ack=OUR_ISN + 1 + 65535)
     assert conn.snd_una == conn.idsn + 1 + 65535
-    assert len(conn.next_chunk(sf)) == CHUNK_MAX
+    assert len(next_chunk(conn, sf)) == CHUNK_MAX
 
 
 def test_a_partly_written_chunk_is_finished_before_the_next():
@@ -167,9 +200,11 @@ def test_a_partly_written_chunk_is_finished_before_the_next():
     handshake(conn, sf)
     peer_dss(conn, sf, data_ack=conn.idsn + 1, window=10_000)
     conn.app_data(bytes(range(256)) * 400)
-    chunk = conn.next_chunk(sf)
-    conn.chunk_written(sf, 1000)
-    rest = conn.next_chunk(sf)
+    chunk = next_chunk(conn, sf)
+    conn.written(sf, 1000)
+    assert conn.next_write() is None              # the socket took less: it is full
+    conn.subflow_writable(sf)
+    rest = next_chunk(conn, sf)
     assert len(rest) == len(chunk) - 1000
     assert list(sf.our_maps) == [(1, conn.idsn + 1, len(chunk))]
 
@@ -180,9 +215,9 @@ def test_segment_across_two_mappings_is_refused():
     peer_dss(conn, sf, data_ack=conn.idsn + 1, window=10_000)
     conn.app_data(bytes(100_000))
     for _ in range(2):
-        conn.chunk_written(sf, len(conn.next_chunk(sf)))
-    with pytest.raises(LookupError, match="segments_across_mappings"):
-        conn.outgoing(sf, OUR_ISN + 1 + CHUNK_MAX - 10, PEER_ISN + 1, TCP_ACK, 20, 500, TS)
+        write_chunk(conn, sf)
+    assert conn.outgoing(sf, OUR_ISN + 1 + CHUNK_MAX - 10, PEER_ISN + 1, TCP_ACK, 20, 500, TS) is None
+    assert conn.counters["segments_across_mappings"] == 1
 
 
 def test_data_ack_beyond_what_was_sent_is_ignored():
@@ -196,7 +231,7 @@ def test_32_bit_data_ack_is_expanded():
     conn, sf = new_conn()
     handshake(conn, sf)
     conn.app_data(bytes(5000))
-    conn.chunk_written(sf, len(conn.next_chunk(sf)))
+    write_chunk(conn, sf)
     conn.incoming(sf, PEER_ISN + 1, OUR_ISN + 1, TCP_ACK, 0, 1000,
                   rec(w.Dss(data_ack=(conn.idsn + 4001) & 0xFFFFFFFF, data_ack_64=False)))
     assert conn.snd_una == conn.idsn + 4001
@@ -226,7 +261,7 @@ def test_bytes_without_mapping_reset_the_connection():
 
 
 def test_zero_window_probe_mapped_one_below_never_overwrites():
-    """Linux probes a zero window with the byte at snd_una mapped at snd_una - 1 (DESIGN.md)."""
+    """Linux probes a zero window with the byte at snd_una mapped at snd_una - 1 (docs/datapath.md)."""
     conn, sf = new_conn()
     handshake(conn, sf)
     base = PEER_IDSN + 1
@@ -265,18 +300,18 @@ def test_peer_data_fin_on_a_pure_ack_is_data_acked_by_mptun():
     peer_dss(conn, sf, data_ack=conn.idsn + 1, mapping=(base, 1, 10), payload_len=10)
     conn.outgoing(sf, OUR_ISN + 1, PEER_ISN + 11, TCP_ACK, 0, 500, TS)   # the kernel acks the data
     peer_dss(conn, sf, data_ack=conn.idsn + 1, mapping=(base + 10, 0, 1), fin=True, seq=PEER_ISN + 11)
-    assert conn.peer_fin_dsn == base + 10
-    segs = conn.control_segments(1.0)
+    assert conn.recv.fin_dsn == base + 10
+    segs = control(conn, 1.0)
     assert len(segs) == 1
     o = parsed(segs[0].options)
     assert o["data_ack"] == base + 11                         # RFC 8684 3.3.3: the DATA_FIN takes one DSN
     assert o["present"] & 0x10                                # timestamps copied from the kernel's segment
     assert segs[0].seq == OUR_ISN + 1 and segs[0].ack == PEER_ISN + 11
-    assert conn.control_segments(1.1) == []
-    assert not conn.app_should_get_fin()
+    assert control(conn, 1.1) == []
+    assert not conn.app_fin_due()
     conn.subflow_data(sf, bytes(10))
     assert conn.take_for_app(100) == bytes(10)
-    assert conn.app_should_get_fin()
+    assert conn.app_fin_due()
 
 
 def test_our_data_fin_after_the_last_byte_retransmitted_until_acked():
@@ -285,21 +320,22 @@ def test_our_data_fin_after_the_last_byte_retransmitted_until_acked():
     conn.outgoing(sf, OUR_ISN + 1, PEER_ISN + 1, TCP_ACK, 0, 500, TS)
     peer_dss(conn, sf, data_ack=conn.idsn + 1, window=10_000)
     conn.app_data(bytes(100))
-    conn.chunk_written(sf, len(conn.next_chunk(sf)))
+    write_chunk(conn, sf)
     conn.on_app_eof()
-    segs = conn.control_segments(1.0)
+    segs = control(conn, 1.0)
     o = parsed(segs[0].options)
     assert o["dss_flags"] & w.DSS_DATA_FIN
     assert (o["dsn"], o["subflow_seq"], o["data_len"]) == (conn.idsn + 101, 0, 1)
     # not retransmitted while the data before it is unacknowledged (each would be a dup ACK)
-    assert conn.control_segments(5.0) == []
+    assert control(conn, 5.0) == []
     peer_dss(conn, sf, data_ack=conn.idsn + 101, ack=OUR_ISN + 101)
-    assert conn.control_segments(5.0) == []           # just acked: a fresh RTO starts
-    assert len(conn.control_segments(5.3)) == 1       # the DATA_FIN itself was lost
+    assert control(conn, 5.0) == []           # just acked: a fresh RTO starts
+    assert len(control(conn, 5.3)) == 1       # the DATA_FIN itself was lost
     peer_dss(conn, sf, data_ack=conn.idsn + 102, ack=OUR_ISN + 101)
     assert conn.fin_acked
-    conn.app_shut = True
-    assert conn.done()
+    conn.app_fin_delivered()
+    conn.poll(6.0)
+    assert conn.events() == [Closed(reset=False, reason=None)] and conn.state == ConnState.CLOSED
 
 
 def test_our_data_fin_without_data_before_the_peer_ever_sent_a_dss():
@@ -308,17 +344,17 @@ def test_our_data_fin_without_data_before_the_peer_ever_sent_a_dss():
     conn, sf = new_conn()
     handshake(conn, sf)
     conn.on_app_eof()
-    assert conn.control_segments(0.5) == []           # no third ACK yet: nothing to copy, no keys given
+    assert control(conn, 0.5) == []           # no third ACK yet: nothing to copy, no keys given
     conn.outgoing(sf, OUR_ISN + 1, PEER_ISN + 1, TCP_ACK, 0, 500, TS)     # the third ACK
-    segs = conn.control_segments(1.0)
+    segs = control(conn, 1.0)
     assert len(segs) == 1
     o = parsed(segs[0].options)
     assert o["dss_flags"] & w.DSS_DATA_FIN and o["dss_flags"] & w.DSS_DATA_ACK
     assert (o["dsn"], o["subflow_seq"], o["data_len"]) == (conn.idsn + 1, 0, 1)
     assert o["data_ack"] == PEER_IDSN + 1
     assert segs[0].seq == OUR_ISN + 1 and segs[0].ack == PEER_ISN + 1
-    assert conn.next_timer() == pytest.approx(1.2)
-    assert len(conn.control_segments(1.2)) == 1       # retransmitted until DATA_ACKed
+    assert conn.get_timer() == pytest.approx(1.2)
+    assert len(control(conn, 1.2)) == 1       # retransmitted until DATA_ACKed
     peer_dss(conn, sf, data_ack=conn.idsn + 2)
     assert conn.fin_acked
 
@@ -328,7 +364,7 @@ def test_our_data_fin_without_data_checksummed_before_the_peer_sent_a_dss():
     handshake(conn, sf, peer_flags=w.MPC_HMAC_SHA256 | w.MPC_CHECKSUM_REQUIRED)
     conn.on_app_eof()
     conn.outgoing(sf, OUR_ISN + 1, PEER_ISN + 1, TCP_ACK, 0, 500, TS)
-    o = parsed(conn.control_segments(1.0)[0].options)
+    o = parsed(control(conn, 1.0)[0].options)
     assert o["dss_has_checksum"]
     assert o["dss_checksum"] == w.dss_checksum(conn.idsn + 1, 0, 1, b"")
 
@@ -342,33 +378,33 @@ def test_closed_data_level_window_is_probed_with_backoff_until_it_opens():
     conn.outgoing(sf, OUR_ISN + 1, PEER_ISN + 1, TCP_ACK, 0, 500, TS)
     peer_dss(conn, sf, data_ack=conn.idsn + 1, window=1)            # 128 bytes (wscale 7)
     conn.app_data(bytes(1000))
-    assert len(conn.next_chunk(sf)) == 128
-    conn.chunk_written(sf, 128)
-    assert conn.next_chunk(sf) is None
+    assert len(next_chunk(conn, sf)) == 128
+    conn.written(sf, 128)
+    assert next_chunk(conn, sf) is None
     conn.outgoing(sf, OUR_ISN + 1, PEER_ISN + 1, TCP_ACK, 128, 500, TS)
-    assert conn.control_segments(0.5) == [] and conn.next_timer() is None   # not yet acknowledged
+    assert control(conn, 0.5) == [] and conn.get_timer() is None   # not yet acknowledged
     peer_dss(conn, sf, data_ack=conn.idsn + 129, window=0, ack=OUR_ISN + 129)
-    assert conn.control_segments(1.0) == []
-    assert conn.next_timer() == pytest.approx(1.2)
-    segs = conn.control_segments(1.2)
+    assert control(conn, 1.0) == []
+    assert conn.get_timer() == pytest.approx(1.2)
+    segs = control(conn, 1.2)
     assert len(segs) == 1
     seg = segs[0]
     assert seg.seq == OUR_ISN + 128 and seg.ack == PEER_ISN + 1
     o = parsed(seg.options)
     assert o["dss_flags"] == w.DSS_DATA_ACK | w.DSS_DATA_ACK_64
     assert conn.counters["window_probes_sent"] == 1
-    assert conn.control_segments(1.3) == []
-    assert conn.next_timer() == pytest.approx(1.6)                   # backing off: 0.2, 0.4, ...
-    assert len(conn.control_segments(1.6)) == 1
-    assert conn.next_timer() == pytest.approx(2.4)
+    assert control(conn, 1.3) == []
+    assert conn.get_timer() == pytest.approx(1.6)                   # backing off: 0.2, 0.4, ...
+    assert len(control(conn, 1.6)) == 1
+    assert conn.get_timer() == pytest.approx(2.4)
     for t in range(20):
-        conn.control_segments(100.0 + 20 * t)
+        control(conn, 100.0 + 20 * t)
     assert conn.persist_rto == 10.0                                  # capped
     # the peer's duplicate ACK says its window opened: data flows, the timer is off
     peer_dss(conn, sf, data_ack=conn.idsn + 129, window=10, ack=OUR_ISN + 129)
-    assert len(conn.next_chunk(sf)) == 872
-    conn.chunk_written(sf, 872)
-    assert conn.control_segments(1000.0) == [] and conn.next_timer() is None
+    assert len(next_chunk(conn, sf)) == 872
+    conn.written(sf, 872)
+    assert control(conn, 1000.0) == [] and conn.get_timer() is None
 
 
 def test_mp_fastclose_with_our_key_aborts():
@@ -403,7 +439,7 @@ def test_checksums_when_the_peer_asks_our_mappings_carry_them():
     peer_dss(conn, sf, data_ack=conn.idsn + 1)
     data = bytes(range(256)) * 4
     conn.app_data(data)
-    conn.chunk_written(sf, len(conn.next_chunk(sf)))
+    write_chunk(conn, sf)
     o = parsed(conn.outgoing(sf, OUR_ISN + 1, PEER_ISN + 1, TCP_ACK, len(data), 500, b""))
     assert o["dss_has_checksum"]
     assert o["dss_checksum"] == w.dss_checksum(conn.idsn + 1, 1, len(data), data)
@@ -436,12 +472,12 @@ def test_checksums_a_data_fin_on_the_last_data_mapping_counts_in_the_length():
     good = w.dss_checksum(PEER_IDSN + 1, 1, n + 1, data)
     conn.incoming(sf, PEER_ISN + 1, OUR_ISN + 1, TCP_ACK, n, 100,
                   rec(w.Dss(dsn=PEER_IDSN + 1, subflow_seq=1, data_len=n + 1, data_fin=True, checksum=good)))
-    assert conn.peer_fin_dsn == PEER_IDSN + 1 + n
+    assert conn.recv.fin_dsn == PEER_IDSN + 1 + n
     conn.subflow_data(sf, data[:10])
     conn.subflow_data(sf, data[10:])
     assert conn.state != ABORTED, conn.error
     assert conn.take_for_app(1000) == data
-    assert conn.app_should_get_fin()
+    assert conn.app_fin_due()
     assert not conn.counters["dss_checksum_failures"]
 
 
@@ -453,7 +489,7 @@ def test_an_ack_of_unsent_data_is_dropped_and_prunes_nothing():
     conn.outgoing(sf, OUR_ISN + 1, PEER_ISN + 1, TCP_ACK, 0, 500, TS)
     peer_dss(conn, sf, data_ack=conn.idsn + 1, window=10_000)
     conn.app_data(bytes(3000))
-    conn.chunk_written(sf, len(conn.next_chunk(sf)))
+    write_chunk(conn, sf)
     # spoofed ACK far beyond what was sent (RFC 5961: the kernel drops it)
     assert conn.incoming(sf, PEER_ISN + 1, OUR_ISN + 1 + 1_000_000, TCP_ACK, 0, 500, rec()) is False
     assert conn.counters["acks_of_unsent_data"] == 1
@@ -469,7 +505,7 @@ def test_a_data_fin_or_mapping_outside_the_receive_window_is_ignored():
     conn.outgoing(sf, OUR_ISN, 0, TCP_SYN, 0, 1000, WindowScale(2).emit())
     assert conn.incoming(sf, PEER_ISN, OUR_ISN + 1, TCP_SYN | TCP_ACK, 0, 65535,
                          rec(WindowScale(7), w.MpCapable.synack(PEER_KEY, w.MPC_HMAC_SHA256)))
-    sf.established = True
+    connected(conn, sf)
     conn.outgoing(sf, OUR_ISN + 1, PEER_ISN + 1, TCP_ACK, 0, 500, TS)     # window 2000 bytes
     assert sf.rcv_wnd_edge == 1 + 2000
     base = PEER_IDSN + 1
@@ -483,11 +519,11 @@ def test_a_data_fin_or_mapping_outside_the_receive_window_is_ignored():
     # a mapping beyond the window
     peer_dss(conn, sf, mapping=(base + 5000, 5001, 100), payload_len=100, seq=PEER_ISN + 5001)
     assert conn.counters["dss_outside_window"] == 3
-    assert conn.peer_fin_dsn is None and not conn.app_should_get_fin()
+    assert conn.recv.fin_dsn is None and not conn.app_fin_due()
     assert sf.peer_maps.lookup(5001) is None
     # the real DATA_FIN, at the kernel's ACK point, is taken
     peer_dss(conn, sf, mapping=(base + 100, 0, 1), fin=True, seq=PEER_ISN + 101)
-    assert conn.peer_fin_dsn == base + 100 and conn.app_should_get_fin()
+    assert conn.recv.fin_dsn == base + 100 and conn.app_fin_due()
 
 
 def test_a_mapping_must_cover_the_payload_it_rides_on():
@@ -503,8 +539,8 @@ def test_a_mapping_must_cover_the_payload_it_rides_on():
 
 
 def test_the_peer_mapping_table_is_capped(monkeypatch):
-    from mptun.core import connection
-    monkeypatch.setattr(connection, "PEER_MAPPINGS_MAX", 4)
+    from mptun.core import recv
+    monkeypatch.setattr(recv, "PEER_MAPPINGS_MAX", 4)
     conn, sf = new_conn()
     handshake(conn, sf)
     for k in range(10):

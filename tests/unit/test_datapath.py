@@ -12,10 +12,13 @@ from ipaddress import IPv4Address, IPv4Network
 import pytest
 
 from mptun import impl
-from mptun.core.connection import TCP_ACK, TCP_RST, TCP_SYN, Connection
-from mptun.core.counters import Counters
-from mptun.core.flows import FlowTable
-from mptun.io.datapath import Datapath, PathIO
+from mptun.core.connection import Connection
+from mptun.core.mib import Counters
+from mptun.io.datapath import Datapath
+from mptun.io.paths import PathIO
+from mptun.io.subflows import SubflowSockets
+from mptun.nat.appleg import AppLegTable
+from mptun.wire.tcpip import TCP_ACK, TCP_RST, TCP_SYN
 from mptun.wire import mptcp as w
 from mptun.wire import tcpip
 
@@ -40,19 +43,20 @@ class Rig:
             s.setblocking(False)
         self.path = PathIO(0, "eth0", 2, IF_ADDR.packed, SUB_ADDR.packed, ETH, sock=self.wire_dp)
         self.counters = Counters()
-        self.flows = FlowTable(FAKE)
+        self.legs = AppLegTable(FAKE)
+        self.subflows = SubflowSockets([self.path], (61440, 65535), 0, self.counters)
         self.syns = []
-        self.dp = Datapath(self.tun_dp.fileno(), VNET, TUN_ADDR, FAKE, LISTENER_PORT, [self.path], (61440, 65535),
-                           self.flows, self.counters, self.new_connection)
+        self.dp = Datapath(self.tun_dp.fileno(), VNET, TUN_ADDR, FAKE, LISTENER_PORT, [self.path], self.legs,
+                           self.subflows, self.counters, self.new_connection)
 
     def new_connection(self, app_port, dst, dst_port, syn):
+        """What the daemon does with an app's first SYN, without a real subflow socket."""
         conn = Connection(len(self.syns) + 1, 0x1111222233334444, 0.0, self.counters)
-        leg = self.flows.add_app(conn, app_port, dst, dst_port)
-        leg.syn = syn
-        sf = conn.new_subflow(0, 61440 + len(self.syns))
-        self.flows.add_subflow(sf)
+        leg = self.legs.add(conn, app_port, dst, dst_port, syn)
+        conn.start(0.0)
+        sf = conn.subflow_opened(0, 61440 + len(self.syns))
+        self.subflows.register(sf)
         self.syns.append((leg, sf))
-        return leg
 
     def to_tun(self, src, dst, tcp, payload=b""):
         self.tun.send(bytes(VNET) + tcpip.build_packet(src, dst, tcp, payload))
@@ -163,7 +167,7 @@ def test_released_syn_and_the_listeners_answer_are_natted(rig):
 
 def test_refused_app_gets_a_reset_from_its_destination(rig):
     leg, sf = app_syn(rig)
-    rig.dp.inject_to_app(leg, 0, 556, TCP_RST | TCP_ACK)
+    rig.dp.refuse_syn(leg)
     (pkt,) = rig.drain(rig.tun)
     src, dst, tcp, ok = ip_tcp(pkt, VNET)
     assert (src, tcp.src_port, dst, tcp.dst_port) == (SERVER, 80, TUN_ADDR, 40000)

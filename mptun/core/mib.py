@@ -1,7 +1,8 @@
-"""Named event counters, by reason: every drop, fallback and reset mptun sees is counted here.
+"""The counters, by reason: every drop, fallback and reset mptun sees has a name and a meaning here.
 
-A Counters is a plain mapping name -> int that `mptun status` shows as is. REASONS lists
-the names the datapath uses with a one-line meaning each, so the status output can say them.
+REASONS is the one registry of counter names (as Linux's net/mptcp/mib.h): `mptun status` prints
+the meanings, docs/architecture.md points here, and a test checks that every name the code counts
+is listed. A Counters is a plain mapping name -> int; missing names read as 0.
 """
 
 from __future__ import annotations
@@ -50,7 +51,23 @@ REASONS = {
     "data_fin_timeouts": "connections reset because the DATA_FIN was never acknowledged",
     "mp_fail_from_peer": "MP_FAIL options received",
     "internal_errors": "exceptions in the daemon's loop (a bug: see the log)",
+    "fallback_unseen_synack": "connections whose SYN/ACK the datapath never saw (taken as plain TCP)",
+    "accept_errors": "accept() failures on the listener or control socket (the fd limit; paused briefly)",
+    "aborted_at_shutdown": "connections reset because mptun went down",
+    "subflow_open_failures": "subflow sockets that could not be created, bound or connected",
+    "no_free_ports": "subflows not opened: every port of the path's range was in use",
 }
+
+# Per-packet outcomes of the rewrite step (mptun._fast.rewrite statuses) are counted as
+# "rewrite:<status name>"; they are listed by the compiled module, not here.
+REWRITE_PREFIX = "rewrite:"
+
+
+def meaning(name: str) -> str | None:
+    """The one-line meaning of a counter name, or None for a name nobody registered."""
+    if name.startswith(REWRITE_PREFIX):
+        return f"packets the rewrite step refused ({name[len(REWRITE_PREFIX):]})"
+    return REASONS.get(name)
 
 
 class Counters(Counter):

@@ -1,0 +1,362 @@
+"""Connections: the sockets of every connection and the bytes between them, moved through core's API only.
+
+Each connection has an app socket (accepted by the listener) and subflow sockets. Readiness from the
+event loop becomes core input calls (`app_data`, `subflow_data`, `subflow_connected`, ...); then
+`service` moves what can move (`next_write`/`written`, `take_for_app`), runs `poll(now)`, carries
+out the events core emitted and sets what each socket is watched for and when the connection's
+timer fires. Nothing here decides MPTCP behaviour, and nothing assigns a core object's attributes.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import struct
+import time
+from collections.abc import Callable
+
+from mptun.core.connection import Connection
+from mptun.core.events import Closed, ControlSegment, OpenSubflow, RefuseApp, ReleaseAppSyn, ShutdownSubflow
+from mptun.core.mib import Counters
+from mptun.core.subflow import Subflow
+from mptun.core.token import TokenTable
+from mptun.io.datapath import Datapath
+from mptun.io.loop import READ, WRITE, EventLoop
+from mptun.io.subflows import SubflowSockets
+from mptun.nat.appleg import AppLeg, AppLegTable
+
+log = logging.getLogger("mptun")
+
+IO_CHUNK = 256 * 1024
+# NAT entries of a finished connection stay this long, so the last FIN/ACKs are translated.
+LINGER = 30.0
+# Reads per readiness event before other sockets get their turn.
+READS_PER_EVENT = 8
+APP_WRITES_PER_SERVICE = 16
+
+_CONNECT_FAILURES = {errno.ECONNREFUSED: "refused", errno.ETIMEDOUT: "connect_timeouts"}
+
+
+class ConnIO:
+    """The sockets of one connection and the bytes taken from core not yet written to the app."""
+
+    __slots__ = ("conn", "leg", "app", "socks", "app_out", "finished", "on_app")
+
+    def __init__(self, conn: Connection, leg: AppLeg):
+        self.conn = conn
+        self.leg = leg
+        self.app: socket.socket | None = None
+        self.socks: dict[Subflow, socket.socket] = {}
+        self.app_out = b""
+        self.finished = False
+        self.on_app: Callable[[int], None] | None = None
+
+    def attach_app(self, s: socket.socket, handler: Callable[[int], None]) -> None:
+        self.app = s
+        self.on_app = handler
+
+    def take_app_bytes(self, n: int) -> None:
+        self.app_out = self.app_out[n:]
+
+    def refill_app_bytes(self, data: bytes) -> None:
+        self.app_out = data
+
+    def close_sockets(self, loop: EventLoop, reset: bool) -> None:
+        for s in [self.app, *self.socks.values()]:
+            if s is None or s.fileno() < 0:
+                continue
+            loop.forget(s.fileno())
+            if reset:
+                # SO_LINGER 0: close sends a RST; on a subflow the datapath adds MP_FASTCLOSE.
+                try:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                except OSError:
+                    pass
+            s.close()
+        self.app = None
+        self.finished = True
+
+
+class Connections:
+    def __init__(self, loop: EventLoop, dp: Datapath, legs: AppLegTable, subflows: SubflowSockets,
+                 counters: Counters, new_connection: Callable[[float], Connection]):
+        self.loop = loop
+        self.dp = dp
+        self.legs = legs
+        self.subflows = subflows
+        self.counters = counters
+        self.tokens = TokenTable()
+        self.new_connection = new_connection
+        self.by_id: dict[int, ConnIO] = {}
+
+    def __iter__(self):
+        return iter(self.by_id.values())
+
+    # ------------------------------------------------------------ new connections
+
+    def on_app_syn(self, app_port: int, dst: bytes, dst_port: int, syn: bytes) -> None:
+        """The app's first SYN (the datapath holds it): an MPTCP connection towards its destination."""
+        old = self.legs.by_app.get((app_port, dst, dst_port))
+        if old is not None:
+            self._forget(self.by_id.get(old.conn.id))   # its port reused: the old one is over
+        now = time.monotonic()
+        conn = self.new_connection(now)
+        self.counters["connections"] += 1
+        self.tokens.add(conn)
+        c = ConnIO(conn, self.legs.add(conn, app_port, dst, dst_port, syn))
+        self.by_id[conn.id] = c
+        conn.start(now)
+        self.service(c)
+
+    def on_accept(self, s: socket.socket, fake: bytes, fake_port: int) -> None:
+        """The listener accepted an app leg (the app's handshake after its SYN was released)."""
+        leg = self.legs.by_fake.get((fake, fake_port))
+        c = self.by_id.get(leg.conn.id) if leg is not None else None
+        if c is None or c.app is not None or c.finished:
+            s.close()
+            self.counters["unknown_flow"] += 1
+            return
+        s.setblocking(False)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        c.attach_app(s, lambda ev: self._on_app(c, ev))
+        c.conn.on_app_accepted()
+        self.service(c)
+
+    # ------------------------------------------------------------ readiness
+
+    def _on_app(self, c: ConnIO, ev: int) -> None:
+        conn = c.conn
+        if ev & READ:
+            for _ in range(READS_PER_EVENT):
+                if not conn.wants_app_read():
+                    break
+                want = min(conn.app_room(), IO_CHUNK)
+                try:
+                    data = c.app.recv(want)
+                except BlockingIOError:
+                    break
+                except OSError:
+                    conn.app_reset()
+                    break
+                if not data:
+                    conn.on_app_eof()
+                    break
+                conn.app_data(data)
+                if len(data) < want:
+                    break
+        self.service(c)
+
+    def _on_subflow(self, c: ConnIO, sf: Subflow, ev: int) -> None:
+        s = c.socks.get(sf)
+        if s is None or c.finished:
+            return
+        conn = c.conn
+        if not sf.established:
+            if ev & (READ | WRITE):
+                err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if err == 0:
+                    conn.subflow_connected(sf, time.monotonic())
+                else:
+                    detail = errno.errorcode.get(err, str(err))
+                    reason = _CONNECT_FAILURES.get(err, "connect_errors")
+                    if reason == "connect_errors":
+                        log.info("conn %d to %s: %s", conn.id, c.leg.dst_text, os.strerror(err))
+                    conn.subflow_connect_failed(sf, reason, detail)
+            self.service(c)
+            return
+        if ev & WRITE:
+            conn.subflow_writable(sf)
+        if ev & READ:
+            for _ in range(READS_PER_EVENT):
+                if not conn.wants_subflow_read(sf) or conn.over:
+                    break
+                want = min(conn.subflow_room(), IO_CHUNK)
+                try:
+                    data = s.recv(want)
+                except BlockingIOError:
+                    break
+                except OSError:
+                    conn.subflow_reset(sf)
+                    break
+                if not data:
+                    conn.subflow_eof(sf)
+                    break
+                conn.subflow_data(sf, data)
+                if len(data) < want:
+                    break
+        self.service(c)
+
+    def service_dirty(self) -> None:
+        """Connections whose peer packets the datapath just passed: DATA_ACKs may have opened the window."""
+        for conn in self.dp.take_dirty():
+            c = self.by_id.get(conn.id)
+            if c is not None:
+                self.service(c)
+
+    # ------------------------------------------------------------ moving bytes, carrying out events
+
+    def service(self, c: ConnIO) -> None:
+        """Move what can move for one connection, carry out what core asks, then set interests."""
+        if c.finished:
+            return
+        conn = c.conn
+        self._write_subflows(c)
+        if c.app is not None and not conn.over:
+            self._flush_app(c)
+            if not conn.over and not c.app_out and conn.app_fin_due():
+                conn.app_fin_delivered()
+                _shutdown(c.app)
+        conn.poll(time.monotonic())
+        if self._carry_out_all(c):
+            return
+        self._update_interest(c)
+
+    def _carry_out_all(self, c: ConnIO) -> bool:
+        """Every event core has queued, including those that carrying one out caused; True if the
+        connection is gone."""
+        while events := c.conn.events():
+            for event in events:
+                if self._carry_out(c, event):
+                    return True
+        return False
+
+    def _write_subflows(self, c: ConnIO) -> None:
+        conn = c.conn
+        while (w := conn.next_write()) is not None:
+            sf, data = w
+            try:
+                n = c.socks[sf].send(data, socket.MSG_EOR)
+            except BlockingIOError:
+                n = 0
+            except OSError:
+                conn.subflow_reset(sf)
+                return
+            conn.written(sf, n)
+
+    def _flush_app(self, c: ConnIO) -> None:
+        conn = c.conn
+        for _ in range(APP_WRITES_PER_SERVICE):
+            if not c.app_out:
+                if not conn.app_pending():
+                    return
+                c.refill_app_bytes(conn.take_for_app(IO_CHUNK))
+            try:
+                n = c.app.send(c.app_out)
+            except BlockingIOError:
+                return
+            except OSError:
+                conn.app_reset()
+                return
+            c.take_app_bytes(n)
+            if c.app_out:
+                return
+
+    def _carry_out(self, c: ConnIO, event) -> bool:
+        """One event of core's; True if the connection is gone (stop servicing it)."""
+        if isinstance(event, ControlSegment):
+            self.dp.send_control(event, self.dp.paths[event.subflow.path], c.leg.dst, c.leg.dst_port)
+        elif isinstance(event, OpenSubflow):
+            self._open_subflow(c, event.path)
+        elif isinstance(event, ReleaseAppSyn):
+            self.dp.release_syn(c.leg)
+        elif isinstance(event, RefuseApp):
+            self.dp.refuse_syn(c.leg)
+        elif isinstance(event, ShutdownSubflow):
+            s = c.socks.get(event.subflow)
+            if s is not None:
+                _shutdown(s)
+        elif isinstance(event, Closed):
+            self._close(c, event)
+            return True
+        return False
+
+    def _open_subflow(self, c: ConnIO, path: int) -> None:
+        got = self.subflows.open(c.conn, path, c.leg.dst, c.leg.dst_port)
+        if got is None:
+            return
+        sf, s = got
+        c.socks[sf] = s
+        self.loop.watch(s.fileno(), WRITE, lambda ev: self._on_subflow(c, sf, ev))
+
+    def _update_interest(self, c: ConnIO) -> None:
+        conn = c.conn
+        if c.app is not None:
+            ev = READ if conn.wants_app_read() else 0
+            if c.app_out or (conn.app_pending() and not conn.app_shut):
+                ev |= WRITE
+            self.loop.watch(c.app.fileno(), ev, c.on_app)
+        for sf, s in c.socks.items():
+            if sf.closed:
+                continue
+            if not sf.established:
+                ev = WRITE      # connecting: writable when the handshake ends
+            else:
+                ev = (READ if conn.wants_subflow_read(sf) else 0) | (WRITE if conn.wants_write(sf) else 0)
+            self.loop.watch(s.fileno(), ev, lambda e, sf=sf: self._on_subflow(c, sf, e))
+        self.loop.call_at(("conn", conn.id), conn.get_timer(), lambda now: self.service(c))
+
+    # ------------------------------------------------------------ the end of a connection
+
+    def _close(self, c: ConnIO, event: Closed) -> None:
+        conn = c.conn
+        c.close_sockets(self.loop, reset=event.reset)
+        self.loop.call_at(("conn", conn.id), None, _noop)
+        # NAT entries stay while the last FIN/ACKs (or RST) may pass; a connection that never
+        # reached its peer has nothing in flight.
+        linger = LINGER if conn.mode is not None else 0.0
+        c.leg.expire_at(time.monotonic() + linger)
+        self.loop.call_at(("expire", conn.id), c.leg.expires, lambda now: self._forget(c))
+        if event.reason:
+            log.info("conn %d to %s: %s", conn.id, c.leg.dst_text, event.reason)
+
+    def _forget(self, c: ConnIO | None) -> None:
+        if c is None or self.by_id.get(c.conn.id) is not c:
+            return
+        if not c.finished:
+            c.close_sockets(self.loop, reset=True)
+        conn = c.conn
+        self.loop.call_at(("conn", conn.id), None, _noop)
+        self.loop.call_at(("expire", conn.id), None, _noop)
+        self.legs.remove(conn)
+        for sf in conn.subflows:
+            self.subflows.forget(sf)
+        self.tokens.remove(conn)
+        del self.by_id[conn.id]
+
+    def abort_all(self, reason: str) -> None:
+        """Reset every live connection (the app and the peer are told): mptun is going down."""
+        for c in list(self.by_id.values()):
+            if c.finished:
+                continue        # its sockets are closed already; only its NAT entries linger
+            try:
+                if c.leg.holding_syn:
+                    self.dp.refuse_syn(c.leg)    # the app's SYN is still held: a RST, as from its destination
+                c.conn.abort(reason)
+                self._carry_out_all(c)
+                if not c.finished:
+                    c.close_sockets(self.loop, reset=True)
+            except Exception:
+                log.exception("shutdown: conn %d", c.conn.id)
+                c.close_sockets(self.loop, reset=True)
+
+    def describe(self) -> list[dict]:
+        out = []
+        for c in self.by_id.values():
+            d = c.conn.describe()
+            d["dst"] = c.leg.dst_text
+            d["app_port"] = c.leg.app_port
+            out.append(d)
+        return out
+
+
+def _shutdown(s: socket.socket) -> None:
+    try:
+        s.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+
+
+def _noop(now: float) -> None:
+    pass

@@ -1,0 +1,139 @@
+"""EventLoop: epoll over file descriptors plus a timer heap fed by core's deadlines; nothing else.
+
+`watch(fd, events, handler)` sets what one fd is watched for (0: not at all); handlers get the
+ready events. `call_at(key, when, callback)` keeps one deadline per key (None cancels it): a
+connection re-arms its key with `Connection.get_timer()` after every input, so no tick scans
+every connection. A handler's exception is logged and counted, never fatal.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import selectors
+import time
+from collections.abc import Callable, Hashable
+
+from mptun.core.mib import Counters
+
+log = logging.getLogger("mptun")
+
+READ = selectors.EVENT_READ
+WRITE = selectors.EVENT_WRITE
+# The longest the loop sleeps without a deadline: how soon it notices `stop()` from a signal.
+MAX_WAIT = 0.5
+
+
+class Timers:
+    """One live deadline per key; superseded heap entries are skipped when they surface."""
+
+    def __init__(self):
+        self._heap: list[tuple[float, int, Hashable]] = []
+        self._live: dict[Hashable, tuple[float, Callable[[float], None]]] = {}
+        self._seq = itertools.count()
+
+    def set(self, key: Hashable, when: float | None, callback: Callable[[float], None]) -> None:
+        if when is None:
+            self._live.pop(key, None)
+            return
+        old = self._live.get(key)
+        self._live[key] = (when, callback)
+        if old is None or old[0] != when:
+            heapq.heappush(self._heap, (when, next(self._seq), key))
+
+    def next_deadline(self) -> float | None:
+        heap = self._heap
+        while heap:
+            when, _, key = heap[0]
+            live = self._live.get(key)
+            if live is not None and live[0] == when:
+                return when
+            heapq.heappop(heap)
+        return None
+
+    def pop_due(self, now: float) -> list[Callable[[float], None]]:
+        due = []
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            when, _, key = heapq.heappop(heap)
+            live = self._live.get(key)
+            if live is not None and live[0] == when:
+                del self._live[key]
+                due.append(live[1])
+        return due
+
+
+class EventLoop:
+    def __init__(self, counters: Counters):
+        self.counters = counters
+        self._sel = selectors.EpollSelector()
+        self._watched: dict[int, int] = {}
+        self._paused: dict[int, tuple[int, Callable[[int], None]]] = {}
+        self.timers = Timers()
+        self.stopping = False
+        self.after_io: Callable[[], None] = lambda: None
+
+    def watch(self, fd: int, events: int, handler: Callable[[int], None]) -> None:
+        if fd in self._paused:
+            self._paused[fd] = (events, handler)
+            return
+        old = self._watched.get(fd, 0)
+        if events == old:
+            return
+        if old == 0:
+            self._sel.register(fd, events, handler)
+        elif events == 0:
+            self._sel.unregister(fd)
+        else:
+            self._sel.modify(fd, events, handler)
+        if events:
+            self._watched[fd] = events
+        else:
+            del self._watched[fd]
+
+    def forget(self, fd: int) -> None:
+        """The fd is about to be closed: stop watching it."""
+        self._paused.pop(fd, None)
+        if self._watched.pop(fd, 0):
+            self._sel.unregister(fd)
+
+    def pause(self, fd: int, seconds: float, handler: Callable[[int], None]) -> None:
+        """Stop watching fd for a while (accept() failing at the fd limit would otherwise spin)."""
+        if fd in self._paused:
+            return
+        events = self._watched.get(fd, 0)
+        self.watch(fd, 0, handler)
+        self._paused[fd] = (events, handler)
+        self.call_at(("resume", fd), time.monotonic() + seconds, lambda now: self._resume(fd))
+
+    def _resume(self, fd: int) -> None:
+        events, handler = self._paused.pop(fd, (0, None))
+        if handler is not None:
+            self.watch(fd, events, handler)
+
+    def call_at(self, key: Hashable, when: float | None, callback: Callable[[float], None]) -> None:
+        self.timers.set(key, when, callback)
+
+    def stop(self) -> None:
+        self.stopping = True
+
+    def run(self) -> None:
+        while not self.stopping:
+            self.run_once()
+
+    def run_once(self) -> None:
+        deadline = self.timers.next_deadline()
+        wait = MAX_WAIT if deadline is None else min(MAX_WAIT, max(0.0, deadline - time.monotonic()))
+        for key, ev in self._sel.select(wait):
+            self._guarded(key.data, ev)
+        self._guarded(lambda _: self.after_io(), 0)
+        for callback in self.timers.pop_due(time.monotonic()):
+            self._guarded(callback, time.monotonic())
+
+    def _guarded(self, fn: Callable, arg) -> None:
+        try:
+            fn(arg)
+        except Exception:
+            log.exception("in the event loop")
+            self.counters["internal_errors"] += 1
