@@ -18,8 +18,9 @@ from mptun.core.events import (Closed, ControlSegment, Event, OpenSubflow, Refus
                                ShutdownSubflow)
 from mptun.core.mib import Counters
 from mptun.core.recv import ReceivePath
+from mptun.core import segopts as so
 from mptun.core.scheduler import FirstUsable, Scheduler
-from mptun.core.sendbuf import SendBuffer
+from mptun.core.send import CHUNK_MAX, FinVerdict, SendPath
 from mptun.core.seqspace import M64, expand_dsn, u32
 from mptun.core.subflow import Subflow, SubflowKind
 from mptun.wire import crypto
@@ -29,24 +30,10 @@ from mptun.wire.tcpip import TCP_ACK, TCP_RST, TCP_SYN
 _opt = impl.load("mptcpopt")
 _ck = impl.load("checksum")
 
-# Chunks: one mapping each, written with MSG_EOR. The data-level length is 16 bits
-# (RFC 8684 3.3), so a chunk stays below 64 KB; large chunks make large segments.
-CHUNK_MAX = 65000
-# After fallback the kernel socket is the only copy that matters: larger writes, no mapping.
-PLAIN_CHUNK = 256 * 1024
 # Bytes read from the app and kept until DATA_ACKed (reinjection needs them).
 SEND_BUFFER = 8 << 20
 # The reassembly ring: what was read from subflows and not yet written to the app.
 RECV_BUFFER = 1 << 20
-# A bare DATA_FIN is retransmitted until DATA_ACKed (RFC 8684 3.3.3), with backoff.
-FIN_RTO_INITIAL = 0.2
-FIN_RTO_MAX = 3.0
-FIN_MAX_TRIES = 12
-# The persist timer: while the peer's data-level window is closed, data waits and everything
-# sent is acknowledged, the kernel has nothing queued and never probes; if the peer's one window
-# update is lost, only a probe of ours makes it say its window again.
-PERSIST_INITIAL = 0.2
-PERSIST_MAX = 10.0
 # The kernel gives up on a SYN after ~127 s (tcp_syn_retries 6): past this the connection is dead.
 CONNECT_TIMEOUT = 140.0
 # The app's handshake with the listener takes one local round trip once its SYN is released;
@@ -70,16 +57,6 @@ class Mode(StrEnum):
 # Aborts the peer started: it needs no MP_FASTCLOSE from us. Every other abort sends one.
 PEER_ABORTS = frozenset({"fastclose_from_peer", "resets_from_peer"})
 
-_HAS_MPTCP = 0x20
-_HAS_WSCALE = 0x02
-_SUBOPT_MP_CAPABLE = 1 << 0
-_SUBOPT_DSS = 1 << 2
-_SUBOPT_MP_FAIL = 1 << 6
-_SUBOPT_MP_FASTCLOSE = 1 << 7
-_MPC_FORM_SYNACK = 2
-_REASON_BAD_VERSION = 6
-_REASON_UNSUPPORTED_MPC_FLAGS = 8
-
 
 class Connection:
     """The data-level state shared by the subflows of one app connection."""
@@ -93,7 +70,6 @@ class Connection:
         self.token = crypto.key_token(key)
         self.idsn = crypto.key_idsn(key)
         self.counters = counters
-        self.scheduler = scheduler or FirstUsable()
         self.pm = path_manager or _pm.SinglePath()
         self.created = now
         self.state = ConnState.CONNECTING
@@ -109,19 +85,8 @@ class Connection:
         self.app_accepted = False                # the listener accepted the app's leg
         self._subflows_shut = False
 
-        # Send side: bytes from the app by DSN, from IDSN + 1.
-        self.sendbuf = SendBuffer(self.idsn + 1, send_buffer)
-        self.peer_wnd_end: int | None = None
-        self.app_eof = False               # the app sent FIN: DATA_FIN after the last byte
-        self.fin_sent_at: float | None = None
-        self.fin_rto = FIN_RTO_INITIAL
-        self.fin_tries = 0
-        self.fin_acked = False
-        self.all_acked_at: float | None = None
-        self.persist_at: float | None = None
-        self.persist_rto = PERSIST_INITIAL
-
-        # Receive side.
+        # The two data streams: ours from IDSN + 1, the peer's.
+        self.send = SendPath(self.idsn + 1, send_buffer, scheduler or FirstUsable(), counters)
         self.recv = ReceivePath(recv_buffer, counters)
         self.app_shut = False              # FIN passed on to the app
         self.bytes_from_app = 0
@@ -131,19 +96,15 @@ class Connection:
 
     @property
     def snd_una(self) -> int:
-        return self.sendbuf.una
-
-    @property
-    def snd_nxt(self) -> int:
-        return self.sendbuf.nxt
+        return self.send.buf.una
 
     @property
     def snd_end(self) -> int:
-        return self.sendbuf.end
+        return self.send.buf.end
 
     @property
-    def is_mptcp(self) -> bool:
-        return self.mode == Mode.MPTCP
+    def app_eof(self) -> bool:
+        return self.send.eof
 
     @property
     def over(self) -> bool:
@@ -161,7 +122,7 @@ class Connection:
         """The app's SYN arrived: open the initial subflow where the path manager says."""
         path = self.pm.initial_path()
         if path is None:
-            self._close_without_subflow("connect_errors")
+            self.abort("connect_errors")
             return
         self._events.append(OpenSubflow(path))
 
@@ -176,13 +137,7 @@ class Connection:
     def subflow_open_failed(self, path: int) -> None:
         """The socket for an OpenSubflow could not be made (the edge counted why)."""
         if not self.subflows:
-            self._close_without_subflow("connect_errors")
-
-    def _close_without_subflow(self, reason: str) -> None:
-        self.state = ConnState.ABORTED
-        self.error = reason
-        self.counters[reason] += 1
-        self._events.append(Closed(reset=True, reason=reason))
+            self.abort("connect_errors")
 
     def subflow_connected(self, sf: Subflow, now: float) -> None:
         """sf's socket finished its handshake."""
@@ -236,6 +191,7 @@ class Connection:
         self.mode = Mode.FALLBACK
         self.counters[reason] += 1
         self.recv.start_plain()
+        self.send.start_plain()
 
     # ------------------------------------------------------------ outgoing subflow packets
 
@@ -244,7 +200,7 @@ class Connection:
         """The MPTCP options to add to this segment of sf going to the peer: b"" to add nothing,
         None to drop it (the reason is counted; TCP retransmits it)."""
         if flags & TCP_SYN:
-            sf.seen_syn(seq, window, _wscale_of(options))
+            sf.seen_syn(seq, window, so.wscale_of(options))
             if self.mode == Mode.FALLBACK:
                 return b""
             # RFC 8684 3.1: MP_CAPABLE in the SYN, version 1, H (HMAC-SHA256); A if we want checksums.
@@ -309,7 +265,7 @@ class Connection:
             return self._synack(sf, seq, window, o)
         if self.mode != Mode.MPTCP:
             return True
-        if o["error"] and o["present"] & _HAS_MPTCP:
+        if o["error"] and o["present"] & so.HAS_MPTCP:
             # Malformed MPTCP options from the network: dropped and counted, never trusted.
             self.counters["malformed_options"] += 1
             return False
@@ -317,23 +273,23 @@ class Connection:
             self.counters["acks_of_unsent_data"] += 1
             return False
         subs = o["suboptions"]
-        if subs & _SUBOPT_DSS:
+        if subs & so.SUBOPT_DSS:
             self._dss(sf, seq, payload_len, window, o)
-        if subs & _SUBOPT_MP_FASTCLOSE and o["fastclose_receiver_key"] == self.key:
+        if subs & so.SUBOPT_MP_FASTCLOSE and o["fastclose_receiver_key"] == self.key:
             # RFC 8684 3.5: the peer abandons the connection; the app gets a reset.
             self.abort("fastclose_from_peer")
-        if subs & _SUBOPT_MP_FAIL:
+        if subs & so.SUBOPT_MP_FAIL:
             self.counters["mp_fail_from_peer"] += 1
         return True
 
     def _synack(self, sf: Subflow, seq: int, window: int, o: dict) -> bool:
-        if not sf.seen_synack(seq, o["wscale"] if o["present"] & _HAS_WSCALE else 0):
+        if not sf.seen_synack(seq, o["wscale"] if o["present"] & so.HAS_WSCALE else 0):
             return True   # a retransmitted SYN/ACK: decided already
         if self.mode is not None:
             return True
-        form = o["mpc_form"] if o["suboptions"] & _SUBOPT_MP_CAPABLE else 0
-        if form != _MPC_FORM_SYNACK:
-            bad = o["error"] in (_REASON_BAD_VERSION, _REASON_UNSUPPORTED_MPC_FLAGS)
+        form = o["mpc_form"] if o["suboptions"] & so.SUBOPT_MP_CAPABLE else 0
+        if form != so.MPC_FORM_SYNACK:
+            bad = o["error"] in (so.REASON_BAD_VERSION, so.REASON_UNSUPPORTED_MPC_FLAGS)
             # RFC 8684 3.1: no (usable) MP_CAPABLE in the SYN/ACK: the connection is plain TCP.
             self._set_fallback("fallback_peer_version" if bad else "fallback_no_mp_capable")
             return True
@@ -343,8 +299,7 @@ class Connection:
         # RFC 8684 3.1: checksums are used if either host asks for them.
         self.checksums = bool(self.want_checksums or o["mpc_flags"] & w.MPC_CHECKSUM_REQUIRED)
         self.recv.start(crypto.key_idsn(self.peer_key) + 1, self.checksums)
-        # The window of a SYN/ACK is never scaled (RFC 7323 2.2).
-        self.peer_wnd_end = self.snd_una + window
+        self.send.start(self.checksums, window)
         return True
 
     def _dss(self, sf: Subflow, seq: int, payload_len: int, window: int, o: dict) -> None:
@@ -356,37 +311,25 @@ class Connection:
             self.counters["dss_outside_window"] += 1
             dflags &= ~(w.DSS_MAPPING | w.DSS_DATA_FIN)
         if dflags & w.DSS_DATA_ACK:
-            self._data_ack_from_peer(sf, expand_dsn(self.snd_una, o["data_ack"], bool(dflags & w.DSS_DATA_ACK_64)),
-                                     window)
+            da = expand_dsn(self.snd_una, o["data_ack"], bool(dflags & w.DSS_DATA_ACK_64))
+            # RFC 8684 3.3.4: the receive window is shared by all subflows and counts from the DATA_ACK.
+            if not self.send.data_ack(da, window << sf.peer_wscale):
+                self.counters["data_ack_invalid"] += 1
         if dflags & w.DSS_MAPPING:
             self.recv.record_mapping(sf, seq, payload_len, o, bool(dflags & w.DSS_DATA_FIN))
-
-    def _data_ack_from_peer(self, sf: Subflow, da: int, window: int) -> None:
-        limit = self.snd_nxt + (1 if self.fin_sent_at is not None else 0)
-        if da > limit:
-            self.counters["data_ack_invalid"] += 1
-            return
-        self.sendbuf.ack(da)
-        if self.app_eof and da == self.snd_end + 1 and self.fin_sent_at is not None:
-            self.fin_acked = True
-        # RFC 8684 3.3.4: the peer's receive window is shared by all subflows and counts from the DATA_ACK.
-        end = da + (window << sf.peer_wscale)
-        if self.peer_wnd_end is None or end > self.peer_wnd_end:
-            self.peer_wnd_end = end
 
     # ------------------------------------------------------------ data from the app, to subflows
 
     def app_room(self) -> int:
         """How many more app bytes the send buffer takes."""
-        return self.sendbuf.room()
+        return self.send.room()
 
     def app_data(self, data) -> None:
-        assert not self.app_eof, "app data after the app's FIN"
-        self.sendbuf.append(data)
+        self.send.append(data)
         self.bytes_from_app += len(data)
 
     def on_app_eof(self) -> None:
-        self.app_eof = True
+        self.send.eof = True
         if self.state == ConnState.ESTABLISHED:
             self.state = ConnState.CLOSING
 
@@ -396,76 +339,24 @@ class Connection:
     def next_write(self) -> tuple[Subflow, memoryview] | None:
         """The next bytes to write (with MSG_EOR) and the subflow socket they go to, or None.
         Report each write with `written`."""
-        if self.over or self.state == ConnState.CONNECTING:
+        if self.over or self.mode is None:
             return None
-        for sf in self.subflows:
-            if sf.chunk is not None and sf.usable:
-                return sf, memoryview(sf.chunk[1])[sf.chunk[2]:]
-        candidates = [s for s in self.subflows if s.usable and s.chunk is None]
-        if not candidates or self._sendable() <= 0:
-            return None
-        sf = self.scheduler.pick(self, candidates)
-        if sf is None:
-            return None
-        return sf, self._new_chunk(sf)
-
-    def _sendable(self) -> int:
-        """New bytes that may go to a subflow now."""
-        if self.mode == Mode.FALLBACK:
-            return self.sendbuf.unsent()
-        if self.mode != Mode.MPTCP:
-            return 0
-        n = self.sendbuf.unsent()
-        if self.peer_wnd_end is not None:
-            # RFC 8684 3.3.4: nothing beyond DATA_ACK + window (Linux drops it, NoDSSInWindow).
-            n = min(n, self.peer_wnd_end - self.snd_nxt)
-        return n
-
-    def _new_chunk(self, sf: Subflow) -> memoryview:
-        if self.mode == Mode.FALLBACK:
-            # Plain TCP: the kernel socket is the only copy that matters; no mapping.
-            dsn, data = self.sendbuf.take_new(PLAIN_CHUNK)
-            sf.chunk = [dsn, data, 0]
-            return memoryview(data)
-        dsn, data = self.sendbuf.take_new(min(CHUNK_MAX, self._sendable()))
-        n = len(data)
-        ssn = sf.write_ssn
-        added = sf.our_maps.add(ssn, dsn, n)
-        assert added, "our mappings never overlap"
-        if self.checksums:
-            sf.our_csums[ssn] = _ck.dss_checksum(dsn & M64, u32(ssn), n, data)
-        if ssn == 1 and not self.peer_dss_seen:
-            sf.first_chunk_len = n
-        sf.chunk = [dsn, data, 0]
-        return memoryview(data)
+        return self.send.next_write(self.subflows, not self.peer_dss_seen)
 
     def written(self, sf: Subflow, n: int) -> None:
         """n bytes of what next_write gave were written to sf's socket; fewer than offered means
         the socket is full: sf gets nothing more until `subflow_writable`."""
-        chunk = sf.chunk
-        assert chunk is not None and 0 <= n <= len(chunk[1]) - chunk[2]
-        left = len(chunk[1]) - chunk[2]
-        chunk[2] += n
-        sf.write_ssn += n
-        if n < left:
-            sf.write_blocked = True
-        if chunk[2] == len(chunk[1]):
-            if self.mode == Mode.FALLBACK:
-                self.sendbuf.ack(chunk[0] + len(chunk[1]))
-            sf.chunk = None
+        self.send.written(sf, n)
 
     def subflow_writable(self, sf: Subflow) -> None:
         sf.write_blocked = False
 
     def wants_write(self, sf: Subflow) -> bool:
         """sf's socket is full and something waits for it: the edge should watch it for writability."""
-        return sf.write_blocked and not sf.closed and (sf.chunk is not None or self._sendable() > 0)
+        return self.send.wants_write(sf)
 
     def all_written(self) -> bool:
-        """Every app byte is in a kernel socket (and so the FIN/DATA_FIN may follow)."""
-        if any(s.chunk is not None for s in self.subflows):
-            return False
-        return self.sendbuf.unsent() == 0
+        return self.send.all_written(self.subflows)
 
     # ------------------------------------------------------------ data from subflows, to the app
 
@@ -547,55 +438,34 @@ class Connection:
         times = []
         if not self.app_accepted and self.connected_at is not None:
             times.append(self.connected_at + APP_ACCEPT_TIMEOUT)
-        if self.mode == Mode.MPTCP:
-            if self.persist_at is not None:
-                times.append(self.persist_at)
-            if self.app_eof and not self.fin_acked and self.fin_sent_at is not None and self.snd_una >= self.snd_end:
-                times.append(max(self.fin_sent_at, self.all_acked_at or 0.0) + self.fin_rto)
+        if self.mode == Mode.MPTCP and (t := self.send.deadline()) is not None:
+            times.append(t)
         return min(times) if times else None
 
     def _control_segments(self, now: float) -> None:
         sf = self._control_subflow()
         if sf is None:
             return
-        if self.app_eof and not self.fin_acked and self.all_written():
-            # Retransmit only once everything before the DATA_FIN is DATA_ACKed: before that the
-            # peer cannot acknowledge it, and each crafted ACK is a duplicate ACK to its TCP.
-            if self.snd_una == self.snd_end and self.all_acked_at is None:
-                self.all_acked_at = now
-            due = self.fin_sent_at is None or (
-                self.all_acked_at is not None and now >= max(self.fin_sent_at, self.all_acked_at) + self.fin_rto)
-            # A server waiting for a request never sends a DSS: once our third ACK (MP_CAPABLE
-            # with both keys) is out, the peer has the connection and takes a DATA_FIN, as
-            # Linux sends it (with no data: DSN IDSN+1, subflow sequence 0, length 1).
-            if due and (self.peer_dss_seen or sf.mpc_ack_sent):
-                if self.fin_sent_at is not None:
-                    self.fin_rto = min(self.fin_rto * 2, FIN_RTO_MAX)
-                self.fin_tries += 1
-                if self.fin_tries > FIN_MAX_TRIES:
-                    self.abort("data_fin_timeouts")
-                    return
-                self.fin_sent_at = now
-                # RFC 8684 3.3.3: a DATA_FIN without data: subflow sequence 0, data-level length 1.
-                end = self.snd_end
-                opts = _opt.emit_dss(True, self.data_ack() & M64, True, True, end & M64, True, 0, 1,
-                                     True, self.checksums, _dss_fin_checksum(end) if self.checksums else 0)
-                self._send_control(sf, opts)
-                self.counters["data_fin_sent"] += 1
-        if self._window_closed_and_idle():
-            if self.persist_at is None:
-                self.persist_at = now + self.persist_rto
-            elif now >= self.persist_at:
-                # A keepalive-style pure ACK one below the subflow's next sequence: old to the
-                # peer's TCP, which answers with a duplicate ACK carrying its current DATA_ACK
-                # and window (RFC 9293 3.10.7.4; RFC 8684 3.3.7 for the shared window).
-                self._send_control(sf, _opt.emit_dss(True, self.data_ack() & M64, True), seq=u32(sf.snd_nxt - 1))
-                self.counters["window_probes_sent"] += 1
-                self.persist_rto = min(self.persist_rto * 2, PERSIST_MAX)
-                self.persist_at = now + self.persist_rto
-        elif self.persist_at is not None:
-            self.persist_at = None
-            self.persist_rto = PERSIST_INITIAL
+        # A server waiting for a request never sends a DSS: once our third ACK (MP_CAPABLE with
+        # both keys) is out, the peer has the connection and takes a DATA_FIN, as Linux sends it.
+        verdict = self.send.fin_verdict(now, self.subflows, self.peer_dss_seen or sf.mpc_ack_sent)
+        if verdict == FinVerdict.GIVE_UP:
+            self.abort("data_fin_timeouts")
+            return
+        if verdict == FinVerdict.SEND:
+            # RFC 8684 3.3.3: a DATA_FIN without data: subflow sequence 0, data-level length 1;
+            # RFC 8684 3.3.1: its checksum covers only the pseudo-header.
+            end = self.snd_end & M64
+            csum = _ck.dss_checksum_from_sum(end, 0, 1, 0) if self.checksums else 0
+            opts = _opt.emit_dss(True, self.data_ack() & M64, True, True, end, True, 0, 1, True, self.checksums, csum)
+            self._send_control(sf, opts)
+            self.counters["data_fin_sent"] += 1
+        if self.send.probe_due(now, self.subflows):
+            # A keepalive-style pure ACK one below the subflow's next sequence: old to the peer's
+            # TCP, which answers with a duplicate ACK carrying its current DATA_ACK and window
+            # (RFC 9293 3.10.7.4; RFC 8684 3.3.7 for the shared window).
+            self._send_control(sf, _opt.emit_dss(True, self.data_ack() & M64, True), seq=u32(sf.snd_nxt - 1))
+            self.counters["window_probes_sent"] += 1
         if self.recv.fin_ack_pending:
             ack = self.data_ack()
             if self.recv.fin_dsn is not None and ack > self.recv.fin_dsn:
@@ -611,12 +481,7 @@ class Connection:
 
     def _send_control(self, sf: Subflow, mptcp_options: bytes, seq: int | None = None) -> None:
         self._events.append(ControlSegment(sf, sf.snd_nxt if seq is None else seq, sf.last_ack, sf.last_window,
-                                           _timestamps_of(sf.last_options) + mptcp_options))
-
-    def _window_closed_and_idle(self) -> bool:
-        """The peer's data-level window is closed, app bytes wait for it and all sent is DATA_ACKed."""
-        return (self.peer_wnd_end is not None and self.peer_wnd_end <= self.snd_nxt < self.snd_end
-                and self.snd_una == self.snd_nxt and all(s.chunk is None for s in self.subflows))
+                                           so.timestamps_of(sf.last_options) + mptcp_options))
 
     def _done(self) -> bool:
         """Both directions closed at the data level and everything handed over."""
@@ -624,7 +489,7 @@ class Connection:
             return False
         if self.mode == Mode.FALLBACK:
             return self.all_written()
-        return self.fin_acked
+        return self.send.fin_acked
 
     def describe(self) -> dict:
         return {"id": self.id, "state": str(self.state), "mode": str(self.mode or "handshake"),
@@ -632,32 +497,3 @@ class Connection:
                 "bytes_to_app": self.bytes_to_app, "error": self.error,
                 "subflows": [s.describe() for s in self.subflows]}
 
-
-def _dss_fin_checksum(dsn: int) -> int:
-    # RFC 8684 3.3.1: the checksum of a DATA_FIN mapping with no data covers only the pseudo-header.
-    return _ck.dss_checksum_from_sum(dsn & M64, 0, 1, 0)
-
-
-def _wscale_of(options: bytes) -> int:
-    """The window scale option of our SYN's options area (0 if absent or unreadable)."""
-    o = _opt.parse_options(bytes(options) + b"\x01" * (-len(options) % 4))
-    return min(o["wscale"], 14) if o["present"] & _HAS_WSCALE else 0
-
-
-def _timestamps_of(options: bytes) -> bytes:
-    """The timestamps option of a segment's options area, NOP-aligned, or b"" (for crafted ACKs)."""
-    i, n = 0, len(options)
-    while i < n:
-        kind = options[i]
-        if kind == 0:
-            break
-        if kind == 1:
-            i += 1
-            continue
-        if i + 1 >= n or options[i + 1] < 2:
-            break
-        length = options[i + 1]
-        if kind == 8 and length == 10 and i + 10 <= n:
-            return b"\x01\x01" + bytes(options[i:i + 10])
-        i += length
-    return b""

@@ -1,8 +1,8 @@
 """Schedulers: which subflow gets the next chunk of the data stream. A protocol and a registry by name.
 
-The Connection asks `pick(conn, candidates)` whenever new data may go out (it is within the peer's
+The send path asks `pick(send, candidates)` whenever new data may go out (it is within the peer's
 data-level window); candidates are the subflows usable now (established, socket not full), in the
-order they were opened. The Connection cuts the chunk (one DSS mapping, < 64 KB) and records it.
+order they were opened. The send path cuts the chunk (one DSS mapping, < 64 KB) and records it.
 `mptun up --scheduler NAME` will choose one; `first` is today's behaviour and the default.
 """
 
@@ -12,14 +12,14 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from mptun.core.connection import Connection
+    from mptun.core.send import SendPath
     from mptun.core.subflow import Subflow
 
 
 class Scheduler(Protocol):
     name: str
 
-    def pick(self, conn: Connection, candidates: Sequence[Subflow]) -> Subflow | None:
+    def pick(self, send: SendPath, candidates: Sequence[Subflow]) -> Subflow | None:
         """The subflow for the next chunk, or None to send nothing now."""
 
 
@@ -28,7 +28,7 @@ class FirstUsable:
 
     name = "first"
 
-    def pick(self, conn: Connection, candidates: Sequence[Subflow]) -> Subflow | None:
+    def pick(self, send: SendPath, candidates: Sequence[Subflow]) -> Subflow | None:
         return candidates[0] if candidates else None
 
 

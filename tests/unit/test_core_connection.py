@@ -113,7 +113,7 @@ def test_synack_with_mp_capable_makes_it_mptcp():
     assert sf.peer_isn == PEER_ISN and sf.peer_wscale == 7
     assert conn.counters["mptcp_connections"] == 1
     # RFC 7323 2.2: the SYN/ACK's window is not scaled.
-    assert conn.peer_wnd_end == conn.idsn + 1 + 65535
+    assert conn.send.peer_wnd_end == conn.idsn + 1 + 65535
 
 
 def test_synack_without_mp_capable_is_fallback_and_nothing_is_added():
@@ -127,7 +127,7 @@ def test_synack_without_mp_capable_is_fallback_and_nothing_is_added():
     assert bytes(chunk) == b"x" * 1000
     conn.written(sf, 1000)
     assert conn.outgoing(sf, OUR_ISN + 1, PEER_ISN + 1, TCP_ACK, 1000, 500, TS) == b""
-    assert len(conn.sendbuf) == 0     # the kernel socket is the only copy in fallback
+    assert len(conn.send.buf) == 0     # the kernel socket is the only copy in fallback
     conn.subflow_data(sf, b"hello")
     assert conn.take_for_app(100) == b"hello"
 
@@ -332,7 +332,7 @@ def test_our_data_fin_after_the_last_byte_retransmitted_until_acked():
     assert control(conn, 5.0) == []           # just acked: a fresh RTO starts
     assert len(control(conn, 5.3)) == 1       # the DATA_FIN itself was lost
     peer_dss(conn, sf, data_ack=conn.idsn + 102, ack=OUR_ISN + 101)
-    assert conn.fin_acked
+    assert conn.send.fin_acked
     conn.app_fin_delivered()
     conn.poll(6.0)
     assert conn.events() == [Closed(reset=False, reason=None)] and conn.state == ConnState.CLOSED
@@ -356,7 +356,7 @@ def test_our_data_fin_without_data_before_the_peer_ever_sent_a_dss():
     assert conn.get_timer() == pytest.approx(1.2)
     assert len(control(conn, 1.2)) == 1       # retransmitted until DATA_ACKed
     peer_dss(conn, sf, data_ack=conn.idsn + 2)
-    assert conn.fin_acked
+    assert conn.send.fin_acked
 
 
 def test_our_data_fin_without_data_checksummed_before_the_peer_sent_a_dss():
@@ -399,7 +399,7 @@ def test_closed_data_level_window_is_probed_with_backoff_until_it_opens():
     assert conn.get_timer() == pytest.approx(2.4)
     for t in range(20):
         control(conn, 100.0 + 20 * t)
-    assert conn.persist_rto == 10.0                                  # capped
+    assert conn.send.persist_rto == 10.0                                  # capped
     # the peer's duplicate ACK says its window opened: data flows, the timer is off
     peer_dss(conn, sf, data_ack=conn.idsn + 129, window=10, ack=OUR_ISN + 129)
     assert len(next_chunk(conn, sf)) == 872
