@@ -181,6 +181,7 @@ class Daemon:
     # ------------------------------------------------------------ wiring
 
     def run(self) -> None:
+        self.loop.wake_on_signals()
         self.loop.run()
 
     def _on_tun(self, ev: int) -> None:

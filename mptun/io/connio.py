@@ -42,13 +42,14 @@ _CONNECT_FAILURES = {errno.ECONNREFUSED: "refused", errno.ETIMEDOUT: "connect_ti
 class ConnIO:
     """The sockets of one connection and the bytes taken from core not yet written to the app."""
 
-    __slots__ = ("conn", "leg", "app", "socks", "app_out", "finished", "on_app")
+    __slots__ = ("conn", "leg", "app", "socks", "handlers", "app_out", "finished", "on_app")
 
     def __init__(self, conn: Connection, leg: AppLeg):
         self.conn = conn
         self.leg = leg
         self.app: socket.socket | None = None
         self.socks: dict[Subflow, socket.socket] = {}
+        self.handlers: dict[Subflow, Callable[[int], None]] = {}
         self.app_out = b""
         self.finished = False
         self.on_app: Callable[[int], None] | None = None
@@ -56,6 +57,10 @@ class ConnIO:
     def attach_app(self, s: socket.socket, handler: Callable[[int], None]) -> None:
         self.app = s
         self.on_app = handler
+
+    def attach_subflow(self, sf: Subflow, s: socket.socket, handler: Callable[[int], None]) -> None:
+        self.socks[sf] = s
+        self.handlers[sf] = handler
 
     def take_app_bytes(self, n: int) -> None:
         self.app_out = self.app_out[n:]
@@ -277,8 +282,8 @@ class Connections:
         if got is None:
             return
         sf, s = got
-        c.socks[sf] = s
-        self.loop.watch(s.fileno(), WRITE, lambda ev: self._on_subflow(c, sf, ev))
+        c.attach_subflow(sf, s, lambda ev: self._on_subflow(c, sf, ev))
+        self.loop.watch(s.fileno(), WRITE, c.handlers[sf])
 
     def _update_interest(self, c: ConnIO) -> None:
         conn = c.conn
@@ -294,7 +299,7 @@ class Connections:
                 ev = WRITE      # connecting: writable when the handshake ends
             else:
                 ev = (READ if conn.wants_subflow_read(sf) else 0) | (WRITE if conn.wants_write(sf) else 0)
-            self.loop.watch(s.fileno(), ev, lambda e, sf=sf: self._on_subflow(c, sf, e))
+            self.loop.watch(s.fileno(), ev, c.handlers[sf])
         self.loop.call_at(("conn", conn.id), conn.get_timer(), lambda now: self.service(c))
 
     # ------------------------------------------------------------ the end of a connection

@@ -12,6 +12,8 @@ import heapq
 import itertools
 import logging
 import selectors
+import signal
+import socket
 import time
 from collections.abc import Callable, Hashable
 
@@ -21,8 +23,8 @@ log = logging.getLogger("mptun")
 
 READ = selectors.EVENT_READ
 WRITE = selectors.EVENT_WRITE
-# The longest the loop sleeps without a deadline: how soon it notices `stop()` from a signal.
-MAX_WAIT = 0.5
+# The longest the loop sleeps without a deadline (signals wake it at once: wake_on_signals).
+MAX_WAIT = 1.0
 
 
 class Timers:
@@ -68,7 +70,7 @@ class EventLoop:
     def __init__(self, counters: Counters):
         self.counters = counters
         self._sel = selectors.EpollSelector()
-        self._watched: dict[int, int] = {}
+        self._watched: dict[int, tuple[int, Callable[[int], None]]] = {}
         self._paused: dict[int, tuple[int, Callable[[int], None]]] = {}
         self.timers = Timers()
         self.stopping = False
@@ -78,31 +80,32 @@ class EventLoop:
         if fd in self._paused:
             self._paused[fd] = (events, handler)
             return
-        old = self._watched.get(fd, 0)
-        if events == old:
+        old = self._watched.get(fd)
+        if old is not None and old == (events, handler):
             return
-        if old == 0:
-            self._sel.register(fd, events, handler)
+        if old is None:
+            if events:
+                self._sel.register(fd, events, handler)
         elif events == 0:
             self._sel.unregister(fd)
         else:
-            self._sel.modify(fd, events, handler)
+            self._sel.modify(fd, events, handler)   # no syscall when only the handler changed
         if events:
-            self._watched[fd] = events
+            self._watched[fd] = (events, handler)
         else:
-            del self._watched[fd]
+            self._watched.pop(fd, None)
 
     def forget(self, fd: int) -> None:
         """The fd is about to be closed: stop watching it."""
         self._paused.pop(fd, None)
-        if self._watched.pop(fd, 0):
+        if self._watched.pop(fd, None) is not None:
             self._sel.unregister(fd)
 
     def pause(self, fd: int, seconds: float, handler: Callable[[int], None]) -> None:
         """Stop watching fd for a while (accept() failing at the fd limit would otherwise spin)."""
         if fd in self._paused:
             return
-        events = self._watched.get(fd, 0)
+        events = self._watched.get(fd, (0, handler))[0]
         self.watch(fd, 0, handler)
         self._paused[fd] = (events, handler)
         self.call_at(("resume", fd), time.monotonic() + seconds, lambda now: self._resume(fd))
@@ -117,6 +120,22 @@ class EventLoop:
 
     def stop(self) -> None:
         self.stopping = True
+
+    def wake_on_signals(self) -> None:
+        """A signal's handler (which may call stop) runs, then the loop wakes up and sees it at once."""
+        r, w = socket.socketpair()
+        r.setblocking(False)
+        w.setblocking(False)
+        self._wakeup = (r, w)
+        signal.set_wakeup_fd(w.fileno(), warn_on_full_buffer=False)
+        self.watch(r.fileno(), READ, lambda ev: self._drain_wakeup())
+
+    def _drain_wakeup(self) -> None:
+        try:
+            while self._wakeup[0].recv(512):
+                pass
+        except BlockingIOError:
+            pass
 
     def run(self) -> None:
         while not self.stopping:
