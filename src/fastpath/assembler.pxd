@@ -1,10 +1,15 @@
 # cython: language_level=3
 """DSN reassembly for the receive hot path: bytes placed by 64-bit DSN, read back in order.
 
-A DsnAssemblerState is a C struct that a datapath module embeds (one per MPTCP connection)
-and drives through the inline `dsn_assembler_*` functions below, with no Python objects and
-without the GIL. The Python class DsnAssembler (assembler.pyx) wraps one, with the same
-API as the pure twin mptun/pure/assembler.py.
+The module pxd of mptun._fast.assembler: cimport it by that name,
+`from mptun._fast.assembler cimport DsnAssembler, dsn_assembler_insert` (docs/datapath.md,
+"Build notes"), never as `assembler` (the module would then import a module of that name).
+
+A DsnAssemblerState is a C struct driven through the inline `dsn_assembler_*` functions below,
+with no Python objects and without the GIL. The cdef class DsnAssembler owns one (`.state`) and
+is what Python and the compiled per-packet loop share: Python creates it (the API of the pure
+twin mptun/pure/assembler.py, in assembler.pyx), the loop reaches its state and its inline
+`*_c` methods directly, without Python calls. A module may also embed a bare DsnAssemblerState.
 
 Contract:
 - Data lives in a ring of `capacity` bytes covering DSNs [read_dsn, read_dsn + capacity);
@@ -12,7 +17,7 @@ Contract:
 - Bytes below next_dsn (already received in order, or already read) are discarded, and so
   are bytes already held out of order: the first copy of a byte is never overwritten.
   Linux's zero-window probes carry the byte at snd_una but map it to DSN snd_una - 1
-  (DESIGN.md); overwriting would corrupt the stream.
+  (docs/datapath.md, "Bytes that arrive twice"); overwriting would corrupt the stream.
 - Bytes at or beyond read_dsn + capacity are refused: the peer overran the window it was
   given (RFC 8684 3.3.4: one connection-level window, counted from the DATA_ACK; Linux
   drops such data too, counter NoDSSInWindow).
@@ -27,6 +32,7 @@ from libc.stdint cimport int64_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memmove
 
+# seq.pxd is an inline header: cimported by its short name.
 from seq cimport diff64_c
 
 
@@ -251,3 +257,32 @@ cdef inline Py_ssize_t dsn_assembler_read(DsnAssemblerState* a, unsigned char* o
         memcpy(out, a.ring + a.read_pos, <size_t>first)
         memcpy(out + first, a.ring, <size_t>(n - first))
     return dsn_assembler_consume(a, n)
+
+
+cdef class DsnAssembler:
+    """The Python-visible owner of one DsnAssemblerState (methods and properties in assembler.pyx).
+
+    Compiled callers use `.state` with the dsn_assembler_* functions, or these inline methods:
+    direct C calls, no Python objects, callable without the GIL.
+    """
+
+    cdef DsnAssemblerState state
+
+    cdef inline Py_ssize_t insert_c(self, uint64_t dsn, const unsigned char* p, Py_ssize_t n) noexcept nogil:
+        """dsn_assembler_insert on this assembler: how many of the n bytes were new and stored."""
+        return dsn_assembler_insert(&self.state, dsn, p, n)
+
+    cdef inline Py_ssize_t readable_c(self) noexcept nogil:
+        return dsn_assembler_readable(&self.state)
+
+    cdef inline Py_ssize_t window_c(self) noexcept nogil:
+        return dsn_assembler_window(&self.state)
+
+    cdef inline Py_ssize_t peek_c(self, const unsigned char** p) noexcept nogil:
+        return dsn_assembler_peek(&self.state, p)
+
+    cdef inline Py_ssize_t consume_c(self, Py_ssize_t n) noexcept nogil:
+        return dsn_assembler_consume(&self.state, n)
+
+    cdef inline Py_ssize_t read_c(self, unsigned char* out, Py_ssize_t max_len) noexcept nogil:
+        return dsn_assembler_read(&self.state, out, max_len)

@@ -2,19 +2,16 @@
 """DsnAssembler: the Python face of the DSN reassembly in assembler.pxd (same API as mptun.pure.assembler).
 
 Bytes are placed by their 64-bit DSN into a bounded ring and read back as the in-order
-stream; next_dsn is the DATA_ACK basis. The datapath embeds a DsnAssemblerState and calls
-the dsn_assembler_* functions directly; this class is for the Python layers and the tests.
+stream; next_dsn is the DATA_ACK basis. The class and its C state are declared in
+assembler.pxd, so a compiled module that cimports mptun._fast.assembler reaches the same
+object's state and inline methods directly; the methods here are for the Python layers.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdint cimport uint64_t
 
-# setup.py compiles this file as mptun._fast.assembler, so Cython does not pair it with
-# assembler.pxd by name; everything there is inline and needs no runtime import.
-from assembler cimport (
-    DsnAssemblerState, dsn_assembler_free, dsn_assembler_init, dsn_assembler_insert,
-    dsn_assembler_read, dsn_assembler_readable, dsn_assembler_window,
-)
+# Everything in assembler.pxd (the class's C attributes too) is in scope: setup.py's include
+# tree pairs this file, compiled as mptun._fast.assembler, with it.
 
 MAX_CAPACITY = 1 << 40
 MAX_RANGES_LIMIT = 1 << 20
@@ -23,8 +20,6 @@ DEFAULT_MAX_RANGES = 64
 
 cdef class DsnAssembler:
     """Reassembles the data stream from bytes mapped at 64-bit DSNs, in a ring of capacity bytes."""
-
-    cdef DsnAssemblerState state
 
     def __cinit__(self, uint64_t start_dsn, Py_ssize_t capacity,
                   Py_ssize_t max_ranges=DEFAULT_MAX_RANGES):
@@ -44,27 +39,27 @@ cdef class DsnAssembler:
         if n == 0:
             return 0
         with nogil:
-            n = dsn_assembler_insert(&self.state, dsn, &data[0], n)
+            n = self.insert_c(dsn, &data[0], n)
         return n
 
     def readable(self) -> int:
         """In-order bytes waiting to be read."""
-        return dsn_assembler_readable(&self.state)
+        return self.readable_c()
 
     def window(self) -> int:
         """Free space counted from next_dsn (the window to advertise with DATA_ACK = next_dsn)."""
-        return dsn_assembler_window(&self.state)
+        return self.window_c()
 
     def read(self, Py_ssize_t max_len) -> bytes:
         """Up to max_len bytes of the in-order stream, removed from the assembler."""
         if max_len < 0:
             raise ValueError(f"max_len must not be negative, not {max_len}")
-        cdef Py_ssize_t n = dsn_assembler_readable(&self.state)
+        cdef Py_ssize_t n = self.readable_c()
         if max_len < n:
             n = max_len
         out = PyBytes_FromStringAndSize(NULL, n)
         if n:
-            dsn_assembler_read(&self.state, <unsigned char*>PyBytes_AS_STRING(out), n)
+            self.read_c(<unsigned char*>PyBytes_AS_STRING(out), n)
         return out
 
     def read_into(self, unsigned char[::1] buffer not None) -> int:
@@ -73,7 +68,7 @@ cdef class DsnAssembler:
         if n == 0:
             return 0
         with nogil:
-            n = dsn_assembler_read(&self.state, &buffer[0], n)
+            n = self.read_c(&buffer[0], n)
         return n
 
     def ranges(self) -> list:

@@ -5,9 +5,9 @@ Values are the integer a big-endian 16-bit field holds (what `int.from_bytes(fie
 reads). A "sum" is folded but not inverted (1..0xffff for any input that is not all zero,
 0 only for all-zero input); a "checksum" is the inverted sum that goes on the wire.
 
-Everything is `cdef inline ... noexcept nogil`: a module that cimports this pxd compiles its
-own copy and needs no runtime import (setup.py builds checksum.pyx as mptun._fast.checksum,
-so Cython would look for a top-level module `checksum`). checksum.pyx wraps these for Python.
+An inline header (docs/datapath.md, "Build notes"): everything is `cdef inline ... noexcept
+nogil`, cimported by the short name (`from checksum cimport csum_sum`); a module that cimports
+it compiles its own copy and imports nothing at run time. checksum.pyx wraps these for Python.
 """
 
 from libc.stdint cimport uint16_t, uint32_t, uint64_t

@@ -8,8 +8,8 @@ Values are big-endian field values as ints; sums are folded and not inverted, ch
 
 from libc.stdint cimport uint16_t, uint32_t, uint64_t
 
-# setup.py compiles this file as mptun._fast.checksum, so Cython does not pair it with
-# checksum.pxd by name; everything there is inline and needs no runtime import.
+# checksum.pxd is an inline header, not this module's own pxd (docs/datapath.md, "Build notes"):
+# its names are cimported like any other's, and need no runtime import.
 from checksum cimport (
     csum_dss, csum_fold, csum_ipv4_header, csum_pseudo_v4, csum_pseudo_v6, csum_sum, csum_sum_at,
     csum_tcp_v4, csum_tcp_v6, csum_update16, csum_update32, csum_update_addr4, csum_update_addr6,
@@ -28,6 +28,13 @@ cdef inline const unsigned char* _ptr(const unsigned char[::1] b) noexcept:
 cdef inline int _need(const unsigned char[::1] b, Py_ssize_t n, str what) except -1:
     if b.shape[0] != n:
         raise ValueError(f"{what} must be {n} bytes, not {b.shape[0]}")
+    return 0
+
+
+cdef inline int _need_pair(const unsigned char[::1] a, const unsigned char[::1] b, Py_ssize_t n,
+                           str what_a, str what_b) except -1:
+    _need(a, n, what_a)
+    _need(b, n, what_b)
     return 0
 
 
@@ -65,24 +72,21 @@ def ipv4_header_checksum(const unsigned char[::1] header not None):
 def pseudo_partial_v4(const unsigned char[::1] src not None, const unsigned char[::1] dst not None,
                       uint32_t l4_len):
     """Folded, non-inverted IPv4 pseudo-header sum: the TCP checksum field of a NEEDS_CSUM packet."""
-    _need(src, 4, "src")
-    _need(dst, 4, "dst")
+    _need_pair(src, dst, 4, "src", "dst")
     return csum_pseudo_v4(&src[0], &dst[0], l4_len)
 
 
 def pseudo_partial_v6(const unsigned char[::1] src not None, const unsigned char[::1] dst not None,
                       uint32_t l4_len):
     """Folded, non-inverted IPv6 pseudo-header sum: the TCP checksum field of a NEEDS_CSUM packet."""
-    _need(src, 16, "src")
-    _need(dst, 16, "dst")
+    _need_pair(src, dst, 16, "src", "dst")
     return csum_pseudo_v6(&src[0], &dst[0], l4_len)
 
 
 def tcp_checksum_v4(const unsigned char[::1] src not None, const unsigned char[::1] dst not None,
                     const unsigned char[::1] segment not None):
     """Full TCP checksum over the IPv4 pseudo-header and segment (its checksum field counts as zero)."""
-    _need(src, 4, "src")
-    _need(dst, 4, "dst")
+    _need_pair(src, dst, 4, "src", "dst")
     _need_segment(segment)
     return csum_tcp_v4(&src[0], &dst[0], &segment[0], segment.shape[0])
 
@@ -90,8 +94,7 @@ def tcp_checksum_v4(const unsigned char[::1] src not None, const unsigned char[:
 def tcp_checksum_v6(const unsigned char[::1] src not None, const unsigned char[::1] dst not None,
                     const unsigned char[::1] segment not None):
     """Full TCP checksum over the IPv6 pseudo-header and segment (its checksum field counts as zero)."""
-    _need(src, 16, "src")
-    _need(dst, 16, "dst")
+    _need_pair(src, dst, 16, "src", "dst")
     _need_segment(segment)
     return csum_tcp_v6(&src[0], &dst[0], &segment[0], segment.shape[0])
 
@@ -108,15 +111,13 @@ def update32(uint16_t check, uint32_t old, uint32_t new):
 
 def update_addr4(uint16_t check, const unsigned char[::1] old not None, const unsigned char[::1] new not None):
     """RFC 1624 eqn. 3 for a changed IPv4 address (4 bytes each)."""
-    _need(old, 4, "old")
-    _need(new, 4, "new")
+    _need_pair(old, new, 4, "old", "new")
     return csum_update_addr4(check, &old[0], &new[0])
 
 
 def update_addr6(uint16_t check, const unsigned char[::1] old not None, const unsigned char[::1] new not None):
     """RFC 1624 eqn. 3 for a changed IPv6 address (16 bytes each)."""
-    _need(old, 16, "old")
-    _need(new, 16, "new")
+    _need_pair(old, new, 16, "old", "new")
     return csum_update_addr6(check, &old[0], &new[0])
 
 

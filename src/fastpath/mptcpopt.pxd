@@ -7,9 +7,10 @@ reads past `length`; malformed options set a REASON_* code, never raise.
 The emit_* functions write one option into a caller buffer (no padding) and
 return its length, or 0 when the arguments describe no valid option.
 
-Everything is `cdef inline`: a module that cimports this pxd compiles its own
-copy and needs no runtime import (Cython would look for a top-level module
-`mptcpopt`). Keep this contract stable: src/fastpath/rewrite.pyx uses it.
+An inline header (docs/datapath.md, "Build notes"): everything is `cdef inline`,
+cimported by the short name (`cimport mptcpopt`); a module that cimports it compiles
+its own copy and imports nothing at run time. Keep this contract stable:
+src/fastpath/rewrite.pxd uses it.
 """
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
@@ -224,6 +225,25 @@ cdef inline void _record_malformed(TcpOptions* out, int reason, Py_ssize_t offse
     out.malformed_count += 1
 
 
+cdef inline bint _claim(TcpOptions* out, unsigned int suboption) noexcept nogil:
+    """Take a well-formed suboption (its SUBOPT_* bit); False if one of its subtype already was:
+    a segment carries at most one of each, the first counts."""
+    if out.suboptions & suboption:
+        return False
+    out.suboptions |= suboption
+    return True
+
+
+cdef inline int _admit(TcpOptions* out, unsigned int suboption, bint length_ok) noexcept nogil:
+    """Verdict on a suboption whose value needs no check but its length: REASON_OK (and taken,
+    the caller fills in its fields), REASON_BAD_SUBOPTION_LENGTH or REASON_DUPLICATE_SUBOPTION."""
+    if not length_ok:
+        return REASON_BAD_SUBOPTION_LENGTH
+    if not _claim(out, suboption):
+        return REASON_DUPLICATE_SUBOPTION
+    return REASON_OK
+
+
 cdef inline Py_ssize_t dss_length(bint has_data_ack, bint data_ack_64, bint has_mapping,
                                   bint dsn_64, bint has_checksum) noexcept nogil:
     """Bytes of a DSS option with these parts (the checksum only counts with a mapping)."""
@@ -235,6 +255,27 @@ cdef inline Py_ssize_t dss_length(bint has_data_ack, bint data_ack_64, bint has_
         if has_checksum:
             n += MPTCPOPT_DSS_CSUM_LEN
     return n
+
+
+cdef inline uint64_t _load_wide(const unsigned char* p, Py_ssize_t* pos, bint wide) noexcept nogil:
+    """A DSS DATA_ACK or DSN at p + *pos: 8 bytes if wide, else 4 (as on the wire, not expanded).
+    Advances *pos past it."""
+    cdef Py_ssize_t at = pos[0]
+    if wide:
+        pos[0] = at + 8
+        return load_be64(p + at)
+    pos[0] = at + 4
+    return load_be32(p + at)
+
+
+cdef inline void _store_wide(unsigned char* p, Py_ssize_t* pos, uint64_t value, bint wide) noexcept nogil:
+    """_load_wide's inverse: value at p + *pos, 8 bytes if wide, else its low 4; advances *pos."""
+    if wide:
+        store_be64(p + pos[0], value)
+        pos[0] += 8
+    else:
+        store_be32(p + pos[0], <uint32_t>value)
+        pos[0] += 4
 
 
 cdef inline int _parse_mp_capable(const unsigned char* p, Py_ssize_t n, TcpOptions* out) noexcept nogil:
@@ -260,9 +301,8 @@ cdef inline int _parse_mp_capable(const unsigned char* p, Py_ssize_t n, TcpOptio
     # ignored"), and with none of D..H usable the option "MUST be treated as invalid".
     if (flags & MPC_EXTENSIBILITY) or not (flags & MPC_HMAC_SHA256):
         return REASON_UNSUPPORTED_MPC_FLAGS
-    if out.suboptions & SUBOPT_MP_CAPABLE:
+    if not _claim(out, SUBOPT_MP_CAPABLE):
         return REASON_DUPLICATE_SUBOPTION
-    out.suboptions |= SUBOPT_MP_CAPABLE
     out.mpc_form = form
     out.mpc_version = version
     out.mpc_flags = flags
@@ -281,9 +321,8 @@ cdef inline int _parse_mp_capable(const unsigned char* p, Py_ssize_t n, TcpOptio
 cdef inline int _parse_mp_join(const unsigned char* p, Py_ssize_t n, TcpOptions* out) noexcept nogil:
     if n != MPTCPOPT_JOIN_SYN_LEN and n != MPTCPOPT_JOIN_SYNACK_LEN and n != MPTCPOPT_JOIN_ACK_LEN:
         return REASON_BAD_SUBOPTION_LENGTH
-    if out.suboptions & SUBOPT_MP_JOIN:
+    if not _claim(out, SUBOPT_MP_JOIN):
         return REASON_DUPLICATE_SUBOPTION
-    out.suboptions |= SUBOPT_MP_JOIN
     if n == MPTCPOPT_JOIN_SYN_LEN:
         out.join_form = JOIN_FORM_SYN
         out.join_backup = p[2] & JOIN_BACKUP
@@ -321,9 +360,8 @@ cdef inline int _parse_dss(const unsigned char* p, Py_ssize_t n, TcpOptions* out
     # exists as part of a mapping (subflow seq 0, length 1 when it has no data).
     if (flags & DSS_DATA_FIN) and not (flags & DSS_MAPPING):
         return REASON_DATA_FIN_WITHOUT_MAPPING
-    if out.suboptions & SUBOPT_DSS:
+    if not _claim(out, SUBOPT_DSS):
         return REASON_DUPLICATE_SUBOPTION
-    out.suboptions |= SUBOPT_DSS
     # a and m mean nothing without A and M: keep the record canonical
     if not flags & DSS_DATA_ACK:
         flags &= ~DSS_DATA_ACK_64
@@ -331,19 +369,9 @@ cdef inline int _parse_dss(const unsigned char* p, Py_ssize_t n, TcpOptions* out
         flags &= ~DSS_DSN_64
     out.dss_flags = flags
     if flags & DSS_DATA_ACK:
-        if flags & DSS_DATA_ACK_64:
-            out.data_ack = load_be64(p + pos)
-            pos += 8
-        else:
-            out.data_ack = load_be32(p + pos)
-            pos += 4
+        out.data_ack = _load_wide(p, &pos, flags & DSS_DATA_ACK_64)
     if flags & DSS_MAPPING:
-        if flags & DSS_DSN_64:
-            out.dsn = load_be64(p + pos)
-            pos += 8
-        else:
-            out.dsn = load_be32(p + pos)
-            pos += 4
+        out.dsn = _load_wide(p, &pos, flags & DSS_DSN_64)
         out.subflow_seq = load_be32(p + pos)
         out.data_len = load_be16(p + pos + 4)
         if has_checksum:
@@ -369,9 +397,8 @@ cdef inline int _parse_add_addr(const unsigned char* p, Py_ssize_t n, TcpOptions
         return REASON_BAD_SUBOPTION_LENGTH
     has_port = base == MPTCPOPT_ADD_ADDR_V4_LEN + MPTCPOPT_ADD_ADDR_PORT_LEN or \
         base == MPTCPOPT_ADD_ADDR_V6_LEN + MPTCPOPT_ADD_ADDR_PORT_LEN
-    if out.suboptions & SUBOPT_ADD_ADDR:
+    if not _claim(out, SUBOPT_ADD_ADDR):
         return REASON_DUPLICATE_SUBOPTION
-    out.suboptions |= SUBOPT_ADD_ADDR
     out.add_addr_echo = echo
     out.add_addr_ipv6 = ipv6
     out.add_addr_id = p[3]
@@ -387,6 +414,7 @@ cdef inline int _parse_add_addr(const unsigned char* p, Py_ssize_t n, TcpOptions
 cdef inline int _parse_mptcp(const unsigned char* p, Py_ssize_t n, TcpOptions* out) noexcept nogil:
     """p: an MPTCP option of n >= 3 bytes, kind byte first."""
     cdef uint8_t subtype = p[2] >> 4
+    cdef int reason
     if subtype == SUBTYPE_MP_CAPABLE:
         return _parse_mp_capable(p, n, out)
     if subtype == SUBTYPE_MP_JOIN:
@@ -396,48 +424,31 @@ cdef inline int _parse_mptcp(const unsigned char* p, Py_ssize_t n, TcpOptions* o
     if subtype == SUBTYPE_ADD_ADDR:
         return _parse_add_addr(p, n, out)
     if subtype == SUBTYPE_REMOVE_ADDR:
-        if n < MPTCPOPT_REMOVE_ADDR_BASE_LEN + 1 or n > MPTCPOPT_REMOVE_ADDR_BASE_LEN + MPTCPOPT_REMOVE_ADDR_MAX_IDS:
-            return REASON_BAD_SUBOPTION_LENGTH
-        if out.suboptions & SUBOPT_REMOVE_ADDR:
-            return REASON_DUPLICATE_SUBOPTION
-        out.suboptions |= SUBOPT_REMOVE_ADDR
-        out.remove_count = <uint8_t>(n - MPTCPOPT_REMOVE_ADDR_BASE_LEN)
-        memcpy(out.remove_ids, p + 3, out.remove_count)
-        return REASON_OK
-    if subtype == SUBTYPE_MP_PRIO:
-        if n != MPTCPOPT_MP_PRIO_LEN:
-            return REASON_BAD_SUBOPTION_LENGTH
-        if out.suboptions & SUBOPT_MP_PRIO:
-            return REASON_DUPLICATE_SUBOPTION
-        out.suboptions |= SUBOPT_MP_PRIO
-        out.prio_backup = p[2] & PRIO_BACKUP
-        return REASON_OK
-    if subtype == SUBTYPE_MP_FAIL:
-        if n != MPTCPOPT_MP_FAIL_LEN:
-            return REASON_BAD_SUBOPTION_LENGTH
-        if out.suboptions & SUBOPT_MP_FAIL:
-            return REASON_DUPLICATE_SUBOPTION
-        out.suboptions |= SUBOPT_MP_FAIL
-        out.fail_dsn = load_be64(p + 4)
-        return REASON_OK
-    if subtype == SUBTYPE_MP_FASTCLOSE:
-        if n != MPTCPOPT_MP_FASTCLOSE_LEN:
-            return REASON_BAD_SUBOPTION_LENGTH
-        if out.suboptions & SUBOPT_MP_FASTCLOSE:
-            return REASON_DUPLICATE_SUBOPTION
-        out.suboptions |= SUBOPT_MP_FASTCLOSE
-        out.fastclose_receiver_key = load_be64(p + 4)
-        return REASON_OK
-    if subtype == SUBTYPE_MP_TCPRST:
-        if n != MPTCPOPT_MP_TCPRST_LEN:
-            return REASON_BAD_SUBOPTION_LENGTH
-        if out.suboptions & SUBOPT_MP_TCPRST:
-            return REASON_DUPLICATE_SUBOPTION
-        out.suboptions |= SUBOPT_MP_TCPRST
-        out.tcprst_flags = p[2] & 0x0F
-        out.tcprst_reason = p[3]
-        return REASON_OK
-    return REASON_UNKNOWN_SUBTYPE
+        reason = _admit(out, SUBOPT_REMOVE_ADDR, MPTCPOPT_REMOVE_ADDR_BASE_LEN + 1 <= n
+                        <= MPTCPOPT_REMOVE_ADDR_BASE_LEN + MPTCPOPT_REMOVE_ADDR_MAX_IDS)
+        if reason == REASON_OK:
+            out.remove_count = <uint8_t>(n - MPTCPOPT_REMOVE_ADDR_BASE_LEN)
+            memcpy(out.remove_ids, p + 3, out.remove_count)
+    elif subtype == SUBTYPE_MP_PRIO:
+        reason = _admit(out, SUBOPT_MP_PRIO, n == MPTCPOPT_MP_PRIO_LEN)
+        if reason == REASON_OK:
+            out.prio_backup = p[2] & PRIO_BACKUP
+    elif subtype == SUBTYPE_MP_FAIL:
+        reason = _admit(out, SUBOPT_MP_FAIL, n == MPTCPOPT_MP_FAIL_LEN)
+        if reason == REASON_OK:
+            out.fail_dsn = load_be64(p + 4)
+    elif subtype == SUBTYPE_MP_FASTCLOSE:
+        reason = _admit(out, SUBOPT_MP_FASTCLOSE, n == MPTCPOPT_MP_FASTCLOSE_LEN)
+        if reason == REASON_OK:
+            out.fastclose_receiver_key = load_be64(p + 4)
+    elif subtype == SUBTYPE_MP_TCPRST:
+        reason = _admit(out, SUBOPT_MP_TCPRST, n == MPTCPOPT_MP_TCPRST_LEN)
+        if reason == REASON_OK:
+            out.tcprst_flags = p[2] & 0x0F
+            out.tcprst_reason = p[3]
+    else:
+        reason = REASON_UNKNOWN_SUBTYPE
+    return reason
 
 
 cdef inline int parse_tcp_options(const unsigned char* opts, Py_ssize_t length, TcpOptions* out) noexcept nogil:
@@ -530,12 +541,18 @@ cdef inline Py_ssize_t emit_nops(unsigned char* out, Py_ssize_t count) noexcept 
     return count
 
 
-cdef inline Py_ssize_t _emit_mpc_head(unsigned char* out, uint8_t length, uint8_t flags) noexcept nogil:
+cdef inline Py_ssize_t _emit_head(unsigned char* out, Py_ssize_t length, uint8_t subtype, uint8_t low4) noexcept nogil:
+    """The three bytes every MPTCP option starts with: kind, length, subtype << 4 | low4 (a
+    flag or the version). The emitters write them last, once the length is known; returns length."""
     out[0] = TCPOPT_MPTCP
-    out[1] = length
-    out[2] = (SUBTYPE_MP_CAPABLE << 4) | MPTCP_VERSION
-    out[3] = flags
+    out[1] = <uint8_t>length
+    out[2] = <uint8_t>((subtype << 4) | low4)
     return length
+
+
+cdef inline Py_ssize_t _emit_mpc_head(unsigned char* out, uint8_t length, uint8_t flags) noexcept nogil:
+    out[3] = flags
+    return _emit_head(out, length, SUBTYPE_MP_CAPABLE, MPTCP_VERSION)
 
 
 cdef inline Py_ssize_t emit_mp_capable_syn(unsigned char* out, uint8_t flags) noexcept nogil:
@@ -568,34 +585,25 @@ cdef inline Py_ssize_t emit_mp_capable_ack_data(unsigned char* out, uint8_t flag
 
 cdef inline Py_ssize_t emit_mp_join_syn(unsigned char* out, bint backup, uint8_t address_id,
                                         uint32_t token, uint32_t nonce) noexcept nogil:
-    out[0] = TCPOPT_MPTCP
-    out[1] = MPTCPOPT_JOIN_SYN_LEN
-    out[2] = (SUBTYPE_MP_JOIN << 4) | (JOIN_BACKUP if backup else 0)
     out[3] = address_id
     store_be32(out + 4, token)
     store_be32(out + 8, nonce)
-    return MPTCPOPT_JOIN_SYN_LEN
+    return _emit_head(out, MPTCPOPT_JOIN_SYN_LEN, SUBTYPE_MP_JOIN, JOIN_BACKUP if backup else 0)
 
 
 cdef inline Py_ssize_t emit_mp_join_synack(unsigned char* out, bint backup, uint8_t address_id,
                                            uint64_t truncated_hmac, uint32_t nonce) noexcept nogil:
-    out[0] = TCPOPT_MPTCP
-    out[1] = MPTCPOPT_JOIN_SYNACK_LEN
-    out[2] = (SUBTYPE_MP_JOIN << 4) | (JOIN_BACKUP if backup else 0)
     out[3] = address_id
     store_be64(out + 4, truncated_hmac)
     store_be32(out + 12, nonce)
-    return MPTCPOPT_JOIN_SYNACK_LEN
+    return _emit_head(out, MPTCPOPT_JOIN_SYNACK_LEN, SUBTYPE_MP_JOIN, JOIN_BACKUP if backup else 0)
 
 
 cdef inline Py_ssize_t emit_mp_join_ack(unsigned char* out, const unsigned char* hmac) noexcept nogil:
     """hmac: the 20 bytes (160 bits) of the sender's HMAC."""
-    out[0] = TCPOPT_MPTCP
-    out[1] = MPTCPOPT_JOIN_ACK_LEN
-    out[2] = SUBTYPE_MP_JOIN << 4
     out[3] = 0
     memcpy(out + 4, hmac, MPTCPOPT_JOIN_HMAC_LEN)
-    return MPTCPOPT_JOIN_ACK_LEN
+    return _emit_head(out, MPTCPOPT_JOIN_ACK_LEN, SUBTYPE_MP_JOIN, 0)
 
 
 cdef inline Py_ssize_t emit_dss(unsigned char* out, bint has_data_ack, uint64_t data_ack, bint data_ack_64,
@@ -612,36 +620,19 @@ cdef inline Py_ssize_t emit_dss(unsigned char* out, bint has_data_ack, uint64_t 
     if data_fin and not has_mapping:
         return 0
     if has_data_ack:
-        flags |= DSS_DATA_ACK
-        if data_ack_64:
-            flags |= DSS_DATA_ACK_64
-            store_be64(out + pos, data_ack)
-            pos += 8
-        else:
-            store_be32(out + pos, <uint32_t>data_ack)
-            pos += 4
+        flags |= DSS_DATA_ACK | (DSS_DATA_ACK_64 if data_ack_64 else 0)
+        _store_wide(out, &pos, data_ack, data_ack_64)
     if has_mapping:
-        flags |= DSS_MAPPING
-        if data_fin:
-            flags |= DSS_DATA_FIN
-        if dsn_64:
-            flags |= DSS_DSN_64
-            store_be64(out + pos, dsn)
-            pos += 8
-        else:
-            store_be32(out + pos, <uint32_t>dsn)
-            pos += 4
+        flags |= DSS_MAPPING | (DSS_DATA_FIN if data_fin else 0) | (DSS_DSN_64 if dsn_64 else 0)
+        _store_wide(out, &pos, dsn, dsn_64)
         store_be32(out + pos, subflow_seq)
         store_be16(out + pos + 4, data_len)
         pos += 6
         if has_checksum:
             store_be16(out + pos, checksum)
             pos += 2
-    out[0] = TCPOPT_MPTCP
-    out[1] = <uint8_t>pos
-    out[2] = SUBTYPE_DSS << 4
     out[3] = flags
-    return pos
+    return _emit_head(out, pos, SUBTYPE_DSS, 0)
 
 
 cdef inline Py_ssize_t emit_add_addr(unsigned char* out, uint8_t address_id, bint echo, bint ipv6,
@@ -658,11 +649,8 @@ cdef inline Py_ssize_t emit_add_addr(unsigned char* out, uint8_t address_id, bin
     if not echo:
         store_be64(out + pos, truncated_hmac)
         pos += 8
-    out[0] = TCPOPT_MPTCP
-    out[1] = <uint8_t>pos
-    out[2] = (SUBTYPE_ADD_ADDR << 4) | (ADD_ADDR_ECHO if echo else 0)
     out[3] = address_id
-    return pos
+    return _emit_head(out, pos, SUBTYPE_ADD_ADDR, ADD_ADDR_ECHO if echo else 0)
 
 
 cdef inline Py_ssize_t emit_remove_addr(unsigned char* out, const unsigned char* address_ids,
@@ -670,42 +658,27 @@ cdef inline Py_ssize_t emit_remove_addr(unsigned char* out, const unsigned char*
     """count: 1..MPTCPOPT_REMOVE_ADDR_MAX_IDS, else 0 is returned and nothing written."""
     if count < 1 or count > MPTCPOPT_REMOVE_ADDR_MAX_IDS:
         return 0
-    out[0] = TCPOPT_MPTCP
-    out[1] = <uint8_t>(MPTCPOPT_REMOVE_ADDR_BASE_LEN + count)
-    out[2] = SUBTYPE_REMOVE_ADDR << 4
     memcpy(out + 3, address_ids, count)
-    return MPTCPOPT_REMOVE_ADDR_BASE_LEN + count
+    return _emit_head(out, MPTCPOPT_REMOVE_ADDR_BASE_LEN + count, SUBTYPE_REMOVE_ADDR, 0)
 
 
 cdef inline Py_ssize_t emit_mp_prio(unsigned char* out, bint backup) noexcept nogil:
-    out[0] = TCPOPT_MPTCP
-    out[1] = MPTCPOPT_MP_PRIO_LEN
-    out[2] = (SUBTYPE_MP_PRIO << 4) | (PRIO_BACKUP if backup else 0)
-    return MPTCPOPT_MP_PRIO_LEN
+    return _emit_head(out, MPTCPOPT_MP_PRIO_LEN, SUBTYPE_MP_PRIO, PRIO_BACKUP if backup else 0)
 
 
 cdef inline Py_ssize_t emit_mp_fail(unsigned char* out, uint64_t dsn) noexcept nogil:
-    out[0] = TCPOPT_MPTCP
-    out[1] = MPTCPOPT_MP_FAIL_LEN
-    out[2] = SUBTYPE_MP_FAIL << 4
     out[3] = 0
     store_be64(out + 4, dsn)
-    return MPTCPOPT_MP_FAIL_LEN
+    return _emit_head(out, MPTCPOPT_MP_FAIL_LEN, SUBTYPE_MP_FAIL, 0)
 
 
 cdef inline Py_ssize_t emit_mp_fastclose(unsigned char* out, uint64_t receiver_key) noexcept nogil:
-    out[0] = TCPOPT_MPTCP
-    out[1] = MPTCPOPT_MP_FASTCLOSE_LEN
-    out[2] = SUBTYPE_MP_FASTCLOSE << 4
     out[3] = 0
     store_be64(out + 4, receiver_key)
-    return MPTCPOPT_MP_FASTCLOSE_LEN
+    return _emit_head(out, MPTCPOPT_MP_FASTCLOSE_LEN, SUBTYPE_MP_FASTCLOSE, 0)
 
 
 cdef inline Py_ssize_t emit_mp_tcprst(unsigned char* out, uint8_t flags, uint8_t reason) noexcept nogil:
     """flags: U V W T in the low 4 bits (TCPRST_TRANSIENT = T)."""
-    out[0] = TCPOPT_MPTCP
-    out[1] = MPTCPOPT_MP_TCPRST_LEN
-    out[2] = (SUBTYPE_MP_TCPRST << 4) | (flags & 0x0F)
     out[3] = reason
-    return MPTCPOPT_MP_TCPRST_LEN
+    return _emit_head(out, MPTCPOPT_MP_TCPRST_LEN, SUBTYPE_MP_TCPRST, flags & 0x0F)

@@ -5,9 +5,9 @@ parse_packet() fills a flat PacketView (offsets and header fields) or sets a
 PACKET_* reason; it never reads past `length` and never touches Python objects.
 Also: unaligned big-endian load/store helpers and the fixed header offsets.
 
-Everything here is `cdef inline` on purpose: a module that cimports this pxd
-compiles its own copy and needs no runtime import of mptun._fast.packet
-(Cython would look for a top-level module named `packet`, which does not exist).
+An inline header (docs/datapath.md, "Build notes"): everything here is
+`cdef inline`, cimported by the short name (`cimport packet`); a module that
+cimports it compiles its own copy and imports nothing at run time.
 """
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t

@@ -8,10 +8,11 @@ partial sum, recomputed) and virtio_net_hdr consistent. A packet grows by moving
 the headroom in front of it; the payload never moves. Every operation returns an RW_* status and
 leaves the packet unchanged unless it is RW_OK. Nothing raises, nothing touches Python objects.
 
-Everything is `cdef inline`: a module that cimports this pxd compiles its own copy and needs
-no runtime import (setup.py builds rewrite.pyx as mptun._fast.rewrite). The datapath embeds an
-RwBatch (or its own buffers and RwPacket records) and calls these directly; rewrite.pyx's
-PacketBatch is the Python face for the other layers and the tests.
+An inline header (docs/datapath.md, "Build notes"): everything is `cdef inline`, cimported by
+the short name (`from rewrite cimport rw_apply`); a module that cimports it compiles its own copy
+and imports nothing at run time. The datapath embeds an RwBatch (or its own buffers and RwPacket
+records) and calls these directly; rewrite.pyx's PacketBatch is the Python face for the other
+layers and the tests.
 """
 
 from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
@@ -283,6 +284,24 @@ cdef inline void rw_trim(RwPacket* pkt, uint64_t* counters) noexcept nogil:
 
 # ---- address and port translation ----------------------------------------------------------
 
+cdef inline uint16_t _nat_addr(unsigned char* field, const unsigned char* addr, Py_ssize_t addr_len,
+                               uint16_t check, bint v4, bint partial) noexcept nogil:
+    """Write addr over the address at field; returns the TCP checksum check updated for it
+    (as is with NEEDS_CSUM: the caller recomputes the partial sum once both are written)."""
+    if not partial:
+        check = csum_update_addr4(check, field, addr) if v4 else csum_update_addr6(check, field, addr)
+    memcpy(field, addr, addr_len)
+    return check
+
+
+cdef inline uint16_t _nat_port(unsigned char* field, uint16_t* port, uint16_t value, uint16_t check) noexcept nogil:
+    """Write value over the port at field (and *port, its parsed copy); returns check updated for it."""
+    check = csum_update16(check, port[0], value)
+    store_be16(field, value)
+    port[0] = value
+    return check
+
+
 cdef inline int rw_nat(RwPacket* pkt, const unsigned char* src, const unsigned char* dst,
                        int32_t sport, int32_t dport, uint64_t* counters) noexcept nogil:
     """Set the source/destination address (view.addr_len bytes; NULL keeps it) and port (< 0
@@ -306,27 +325,13 @@ cdef inline int rw_nat(RwPacket* pkt, const unsigned char* src, const unsigned c
             ipcheck = csum_update_addr4(ipcheck, ip + pkt.view.dst_offset, dst)
         store_be16(ip + IPV4_CHECKSUM_OFFSET, ipcheck)
     if src != NULL:
-        if not partial:
-            if v4:
-                check = csum_update_addr4(check, ip + pkt.view.src_offset, src)
-            else:
-                check = csum_update_addr6(check, ip + pkt.view.src_offset, src)
-        memcpy(ip + pkt.view.src_offset, src, pkt.view.addr_len)
+        check = _nat_addr(ip + pkt.view.src_offset, src, pkt.view.addr_len, check, v4, partial)
     if dst != NULL:
-        if not partial:
-            if v4:
-                check = csum_update_addr4(check, ip + pkt.view.dst_offset, dst)
-            else:
-                check = csum_update_addr6(check, ip + pkt.view.dst_offset, dst)
-        memcpy(ip + pkt.view.dst_offset, dst, pkt.view.addr_len)
+        check = _nat_addr(ip + pkt.view.dst_offset, dst, pkt.view.addr_len, check, v4, partial)
     if sport >= 0:
-        check = csum_update16(check, pkt.view.src_port, <uint16_t>sport)
-        store_be16(tcp + TCP_SRC_PORT_OFFSET, <uint16_t>sport)
-        pkt.view.src_port = <uint16_t>sport
+        check = _nat_port(tcp + TCP_SRC_PORT_OFFSET, &pkt.view.src_port, <uint16_t>sport, check)
     if dport >= 0:
-        check = csum_update16(check, pkt.view.dst_port, <uint16_t>dport)
-        store_be16(tcp + TCP_DST_PORT_OFFSET, <uint16_t>dport)
-        pkt.view.dst_port = <uint16_t>dport
+        check = _nat_port(tcp + TCP_DST_PORT_OFFSET, &pkt.view.dst_port, <uint16_t>dport, check)
     if partial:
         # Ports are not in the pseudo-header: the device sums them itself.
         if src != NULL or dst != NULL:

@@ -10,8 +10,8 @@ from cpython.buffer cimport PyBUF_WRITABLE
 from libc.stdint cimport int32_t, uint8_t, uint16_t, uint64_t
 from libc.string cimport memcpy, memset
 
-# setup.py compiles this file as mptun._fast.rewrite, so Cython does not pair it with
-# rewrite.pxd by name; everything there is inline and needs no runtime import.
+# rewrite.pxd is an inline header, not this module's own pxd (docs/datapath.md, "Build notes"):
+# its names are cimported like any other's, and need no runtime import.
 from rewrite cimport (
     ETH_ADDRS_LEN, ETH_HEADER_LEN, RW_BAD_REQUEST, RW_COUNTER_COUNT, RW_MALFORMED_TCP_OPTIONS,
     RW_MALFORMED_VNET, RW_NO_HEADROOM, RW_NO_ROOM, RW_OK, RW_OP_CLAMP_MSS, RW_OP_INSERT_OPTIONS,

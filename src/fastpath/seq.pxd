@@ -1,9 +1,10 @@
 # cython: language_level=3
 """Wrap-safe sequence arithmetic: 32-bit TCP subflow sequence numbers and 64-bit MPTCP DSNs.
 
-`cimport seq` from another datapath module to use these as inline C (no Python objects,
-no GIL). The Python wrappers of the same names without `_c` live in seq.pyx and, as a
-pure-Python twin, in mptun/pure/seq.py.
+An inline header (docs/datapath.md, "Build notes"): `from seq cimport diff64_c` from another
+datapath module to use these as inline C (no Python objects, no GIL, no runtime import). The
+Python wrappers of the same names without `_c` live in seq.pyx and, as a pure-Python twin, in
+mptun/pure/seq.py.
 """
 
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t

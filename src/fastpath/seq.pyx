@@ -8,8 +8,8 @@ OverflowError (a programmer error: sequence numbers are always reduced modulo 2^
 
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 
-# setup.py compiles this file as mptun._fast.seq, so Cython does not pair it with
-# seq.pxd by name; cimport the inline functions explicitly (they need no runtime import).
+# seq.pxd is an inline header, not this module's own pxd (docs/datapath.md, "Build notes"):
+# its names are cimported like any other's, and need no runtime import.
 from seq cimport (
     after32_c, after64_c, before32_c, before64_c, between32_c, between64_c,
     diff32_c, diff64_c, expand_dsn32_c,
