@@ -10,7 +10,6 @@ Prints Gbit/s, the forwarder's CPU and what the delay line saw (frame sizes, dro
 import argparse
 import json
 import os
-import secrets
 import statistics
 import subprocess
 import sys
@@ -20,6 +19,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 from mptun.lab.delayline import start_delayline  # noqa: E402
+from mptun.lab.netns import WireNamespaces  # noqa: E402
 
 A_IP, B_IP = "198.18.240.1", "198.18.240.2"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -35,41 +35,23 @@ def nsx(ns, *cmd, **kw):
     return sh("ip", "netns", "exec", ns, *cmd, **kw)
 
 
-class Topology:
+class Topology(WireNamespaces):
     def __init__(self):
-        tag = secrets.token_hex(3)
-        self.a, self.link, self.b = f"mpt-bda{tag}", f"mpt-bdl{tag}", f"mpt-bdb{tag}"
+        super().__init__("mpt-bd", [f"{A_IP}/24"], [f"{B_IP}/24"])
         self.cc_note = ""
 
     def up(self):
-        for ns in (self.a, self.link, self.b):
-            sh("ip", "netns", "add", ns)
-        sh("ip", "link", "add", "a0", "netns", self.a, "type", "veth", "peer", "name", "la", "netns", self.link)
-        sh("ip", "link", "add", "b0", "netns", self.b, "type", "veth", "peer", "name", "lb", "netns", self.link)
-        nsx(self.link, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1",
-            "net.ipv6.conf.la.disable_ipv6=1", "net.ipv6.conf.lb.disable_ipv6=1")
-        sh("ip", "-n", self.a, "addr", "add", f"{A_IP}/24", "dev", "a0")
-        sh("ip", "-n", self.b, "addr", "add", f"{B_IP}/24", "dev", "b0")
+        super().up()
         for ns, dev in ((self.a, "a0"), (self.b, "b0"), (self.link, "la"), (self.link, "lb")):
-            sh("ip", "-n", ns, "link", "set", dev, "up")
-            nsx(ns, "ethtool", "-K", dev, "gro", "on", "rx-gro-list", "off", "tso", "on", "gso", "on")
+            nsx(ns, "ethtool", "-K", dev, "tso", "on", "gso", "on")
         for ns in (self.a, self.b):
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
             nsx(ns, "sysctl", "-qw", f"net.ipv4.tcp_rmem=4096 131072 {TCP_BUF_MAX}",
                 f"net.ipv4.tcp_wmem=4096 131072 {TCP_BUF_MAX}")
             # bbr paces; a namespace may not be allowed to make cubic its default, then iperf3 -C sets it per socket
             r = nsx(ns, "sysctl", "-qw", "net.ipv4.tcp_congestion_control=cubic", check=False)
             if r.returncode != 0:
                 self.cc_note = "cubic set per socket (iperf3 -C): the namespace may not default to it"
-
-    def down(self):
-        for ns in (self.a, self.link, self.b):
-            for pid in sh("ip", "netns", "pids", ns, check=False).stdout.split():
-                try:
-                    os.kill(int(pid), 9)
-                except ProcessLookupError:
-                    pass
-            sh("ip", "netns", "del", ns, check=False)
+        return self
 
     def shape(self, rate_mbit):
         """tbf on both egress devices of the link namespace, sized as the lab sizes it (burst 4 ms, queue 50 ms)."""

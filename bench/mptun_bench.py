@@ -26,7 +26,7 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 
 from mptun.lab import Lab, PathSpec  # noqa: E402
-from mptun.lab.mptcpinfo import mptcp_counters  # noqa: E402
+from mptun.lab.kstats import mptcp_counters  # noqa: E402
 
 SERVER = "198.18.100.2"
 PORT = 5201

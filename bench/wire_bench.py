@@ -219,6 +219,7 @@ def pure_run(packets, vnet: bool, mapping_on_acks: bool):
     """The same work with the pure twins, packet by packet (mirrors the compiled loop's calls)."""
     from mptun.pure import mptcpopt as pmo
     from mptun.pure import rewrite as prw
+    from mptun.pure import rewrite_ops as ops
     vlen = 10 if vnet else 0
     batch = prw.PacketBatch(len(packets), max_packet=1500, headroom=HEADROOM, vnet_hdr_len=vlen)
     for p in packets:
@@ -229,8 +230,8 @@ def pure_run(packets, vnet: bool, mapping_on_acks: bool):
         base = i * slot
         # The twin's internal steps, so both sides do the same calls (the public run() would
         # apply a preset action and not parse the options).
-        p = prw._Pkt(buf, base + batch._start[i], batch._length[i], batch._start[i], vlen)
-        st = prw._rw_parse(p)
+        p = ops.RwPacket(buf, base + batch._start[i], batch._length[i], batch._start[i], vlen)
+        st = ops.rw_parse(p)
         if st == prw.OK:
             at = p.ip + p.tcp_offset + 20
             pmo.parse_options(bytes(buf[at:at + p.options_len]))
@@ -241,9 +242,9 @@ def pure_run(packets, vnet: bool, mapping_on_acks: bool):
                 dss = pmo.emit_dss(True, data_ack, True, True, IDSN + first, True, first, CHUNK)
             else:
                 dss = pmo.emit_dss(True, data_ack, True)
-            st = prw._set_options(p, False, dss, 0, counters)
+            st = ops.rw_set_options(p, False, dss, 0, counters)
             if st == prw.OK:
-                st = prw._nat(p, WIRE_SRC, None, WIRE_PORT, None, counters)
+                st = ops.rw_nat(p, WIRE_SRC, None, WIRE_PORT, None, counters)
         batch._start[i] = p.data - base
         batch._length[i] = p.length
     elapsed = time.perf_counter_ns() - t0

@@ -10,6 +10,10 @@ __all__ = ["Direction", "Lab", "LabError", "PathSpec", "list_labs", "teardown"]
 
 
 def __getattr__(name):
+    if name in ("Direction", "PathSpec"):
+        from mptun.lab import spec
+
+        return getattr(spec, name)
     if name in __all__:
         from mptun.lab import topology
 

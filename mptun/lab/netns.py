@@ -1,4 +1,6 @@
-"""Small helpers to run commands and set sysctls inside a named network namespace.
+"""Small helpers to run commands and set sysctls inside a named network namespace, and
+`Namespaces`: a few namespaces joined by veth pairs, for the tests and benchmarks that
+need no router (the multi-path `Lab` in topology.py is for the rest).
 
 Everything here is a thin, checked wrapper over `ip netns exec`; failures raise
 LabError with the command and its stderr, so a broken lab never half-works.
@@ -7,8 +9,11 @@ LabError with the command and its stderr, so a broken lab never half-works.
 from __future__ import annotations
 
 import os
+import secrets
+import signal
 import subprocess
-from collections.abc import Sequence
+import time
+from collections.abc import Iterable, Sequence
 
 NETNS_DIR = "/run/netns"
 
@@ -70,8 +75,6 @@ def pids_in(ns: str) -> list[int]:
 
 def wait_listening(ns: str, port: int, timeout: float = 10.0) -> None:
     """Wait until something listens on TCP `port` in ns (for servers that print no 'ready')."""
-    import time
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         out = run(ns, ["ss", "-Hltn", f"sport = :{port}"], check=False).stdout
@@ -79,3 +82,80 @@ def wait_listening(ns: str, port: int, timeout: float = 10.0) -> None:
             return
         time.sleep(0.05)
     raise LabError(f"nothing listens on port {port} in {ns} after {timeout}s")
+
+
+class Namespaces:
+    """Namespaces named <prefix><random tag>-<role>, one per role (`ns.client` is the name of
+    role "client"), joined by veth pairs with veth(). A context manager: down() ends every
+    process still in them and deletes them, whatever up() got to."""
+
+    def __init__(self, prefix: str, *roles: str):
+        tag = secrets.token_hex(3)
+        self.names = {role: f"{prefix}{tag}-{role}" for role in roles}
+        self.created: list[str] = []
+
+    def __getattr__(self, role: str) -> str:
+        try:
+            return self.__dict__["names"][role]
+        except KeyError:
+            raise AttributeError(role) from None
+
+    def __enter__(self) -> Namespaces:
+        try:
+            return self.up()
+        except BaseException:
+            self.down()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.down()
+
+    def up(self) -> Namespaces:
+        for ns in self.names.values():
+            run(None, ["ip", "netns", "add", ns])
+            self.created.append(ns)
+            run(ns, ["ip", "link", "set", "lo", "up"])
+        return self
+
+    def veth(self, role_a: str, dev_a: str, role_b: str, dev_b: str,
+             addrs_a: Iterable[str] = (), addrs_b: Iterable[str] = ()) -> None:
+        """A veth pair, dev_a in role_a's namespace and dev_b in role_b's, both up, with these
+        addresses ("198.18.0.1/24"; IPv6 ones without duplicate address detection)."""
+        a, b = self.names[role_a], self.names[role_b]
+        run(None, ["ip", "link", "add", dev_a, "netns", a, "type", "veth", "peer", "name", dev_b, "netns", b])
+        for ns, dev, addrs in ((a, dev_a, addrs_a), (b, dev_b, addrs_b)):
+            for addr in addrs:
+                run(ns, ["ip", "addr", "add", addr, "dev", dev] + (["nodad"] if ":" in addr else []))
+            run(ns, ["ip", "link", "set", dev, "up"])
+
+    def down(self) -> None:
+        for ns in self.created:
+            # A process left in a namespace keeps its devices alive: end what runs there first.
+            for pid in pids_in(ns):
+                if pid != os.getpid():
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+            run(None, ["ip", "netns", "del", ns], check=False)
+        self.created.clear()
+
+
+class WireNamespaces(Namespaces):
+    """Namespaces a and b joined through a third, link, that holds only the veth ends la and lb:
+    a0 -- la [link] lb -- b0, for a forwarder between them (the delay line, a tc redirect).
+    The link namespace has no IPv6, so it sends no frames of its own; GRO is on at all four ends."""
+
+    def __init__(self, prefix: str, a_addrs: Iterable[str] = (), b_addrs: Iterable[str] = ()):
+        super().__init__(prefix, "a", "link", "b")
+        self.a_addrs, self.b_addrs = list(a_addrs), list(b_addrs)
+
+    def up(self) -> WireNamespaces:
+        super().up()
+        # Before the veths exist, so that la and lb never get an IPv6 address.
+        sysctls(self.link, {"net.ipv6.conf.all.disable_ipv6": 1, "net.ipv6.conf.default.disable_ipv6": 1})
+        self.veth("a", "a0", "link", "la", self.a_addrs)
+        self.veth("b", "b0", "link", "lb", self.b_addrs)
+        for ns, dev in ((self.a, "a0"), (self.b, "b0"), (self.link, "la"), (self.link, "lb")):
+            run(ns, ["ethtool", "-K", dev, "gro", "on", "rx-gro-list", "off"])
+        return self

@@ -7,8 +7,6 @@
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import hashlib
 import json
 import os
@@ -25,7 +23,7 @@ from dataclasses import dataclass, field
 
 import mptun
 from mptun.lab.mptcpinfo import IPPROTO_MPTCP
-from mptun.lab.netns import NETNS_DIR, LabError, ns_argv
+from mptun.lab.netns import LabError, ns_argv
 from mptun.lab.peerserver import DEFAULT_SEED, MODES, pattern_sha256, write_pattern_file
 
 __all__ = [
@@ -322,28 +320,20 @@ def curl_put(netns: str, url: str, in_path: str, *, mptcp: bool = True,
     return CurlResult(proc.returncode, proc.stdout, proc.stderr)
 
 
-_CLONE_NEWNET = 0x40000000
-
-
 def socket_in_netns(netns: str, family: int = socket.AF_INET, *, mptcp: bool = True) -> socket.socket:
     """A stream socket that lives in netns, usable from this process (so a test can hold it open).
 
     setns() moves only the calling thread, so the socket is made in a short-lived thread; a socket
     keeps the namespace it was created in.
     """
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    from mptun.netcfg.netns import entered  # here, not at the top: mptun.netcfg loads pyroute2
+
     result: list = []
 
     def make():
         try:
-            fd = os.open(os.path.join(NETNS_DIR, netns), os.O_RDONLY)
-            try:
-                if libc.setns(fd, _CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, f"setns({netns}): {os.strerror(err)}")
-            finally:
-                os.close(fd)
-            result.append(socket.socket(family, socket.SOCK_STREAM, IPPROTO_MPTCP if mptcp else 0))
+            with entered(netns):
+                result.append(socket.socket(family, socket.SOCK_STREAM, IPPROTO_MPTCP if mptcp else 0))
         except BaseException as e:  # handed to the caller's thread
             result.append(e)
 

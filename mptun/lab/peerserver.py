@@ -4,6 +4,11 @@ Server: `python -m mptun.lab.peerserver --mode echo|sink|source|http --port P [-
 [--log FILE]`: one thread per connection; just before closing each, one JSON line goes to the log (bytes and
 sha256 each way, mptcp or fallback, token, every subflow's addresses). Prints "ready" once listening; SIGTERM
 ends it. Client: `--client --host H --port P --mode M` prints one JSON line per connection it made.
+
+One module, over 500 lines because it is the program that runs inside a lab namespace, started as
+`python -m mptun.lab.peerserver` for every peer (mptun.lab.peer starts it), and it imports only light
+modules of mptun (mptcpinfo, netns), so each start stays quick. Its parts (the payload pattern, the
+KernelView sampling, the modes, the HTTP handler, the client) all serve that one process.
 """
 
 from __future__ import annotations

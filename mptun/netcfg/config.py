@@ -93,6 +93,11 @@ class Layout:
         return list(self.internal.subnets(prefixlen_diff=1))[1]
 
 
+def _rule_slot(k: int, doc: str) -> property:
+    """The priority of the k-th of mptun's RULE_SLOTS rules."""
+    return property(lambda self: self.rule_priority_base + k, doc=doc)
+
+
 @dataclass(frozen=True)
 class NetConfig:
     """The network configuration `mptun up` applies. Lists may be given as lists of strings."""
@@ -116,7 +121,7 @@ class NetConfig:
     txqueuelen: int = 10000
     option_headroom: int = DEFAULT_OPTION_HEADROOM
     # GRO on the physical interfaces: the peer's answers reach the TUN as
-    # super-packets (DESIGN.md, TUN offload). Restored on undo.
+    # super-packets (docs/netcfg.md, "MTU" and "Other settings"). Restored on undo.
     gro: bool = True
     layout: Layout = field(init=False, repr=False, compare=False)
 
@@ -205,25 +210,12 @@ class NetConfig:
         n = len(self.interfaces)
         return [self.app_table] + [t for i in range(n) for t in (self.iface_table(i), self.subflow_table(i))]
 
-    @property
-    def prio_tun_source(self) -> int:
-        return self.rule_priority_base + 0
-
-    @property
-    def prio_subflow(self) -> int:
-        return self.rule_priority_base + 1
-
-    @property
-    def prio_iface(self) -> int:
-        return self.rule_priority_base + 2
-
-    @property
-    def prio_specific(self) -> int:
-        return self.rule_priority_base + 3
-
-    @property
-    def prio_intercept(self) -> int:
-        return self.rule_priority_base + 4
+    # The rules' priorities, in lookup order (docs/netcfg.md, "Tables and rules").
+    prio_tun_source = _rule_slot(0, "From the TUN's address, locally originated: the app table.")
+    prio_subflow = _rule_slot(1, "From subflow address i, locally originated: subflow table i.")
+    prio_iface = _rule_slot(2, "From interface i's address: interface table i.")
+    prio_specific = _rule_slot(3, "Unbound TCP sockets: main, unless only a default route matches.")
+    prio_intercept = _rule_slot(4, "Unbound TCP sockets without the fwmark bit: the app table.")
 
     def tc_prios(self) -> list[int]:
         """One tc priority per block of the subflow port range, so each filter is alone at its own."""

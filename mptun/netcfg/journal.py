@@ -23,6 +23,14 @@ def journal_path(tun_name: str, directory: str | None = None) -> str:
     return os.path.join(directory or JOURNAL_DIR, f"{tun_name}.json")
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    """All of data to fd, then fsync."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    os.fsync(fd)
+
+
 def _fsync_dir(path: str) -> None:
     fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -48,10 +56,7 @@ class Journal:
         # written leaves an empty file, which load() reads as a journal with no entries.
         try:
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
+                _write_all(fd, data)
             finally:
                 os.close(fd)
         except BaseException:
@@ -116,10 +121,7 @@ class Journal:
         data = self._encode()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
+            _write_all(fd, data)
         finally:
             os.close(fd)
         os.replace(tmp, self.path)

@@ -32,12 +32,6 @@ def current_inode() -> int:
     return os.stat("/proc/thread-self/ns/net").st_ino
 
 
-def inode_of(name: str | None) -> int:
-    if name is None:
-        return current_inode()
-    return os.stat(os.path.join(NETNS_DIR, name)).st_ino
-
-
 def exists(name: str) -> bool:
     return os.path.exists(os.path.join(NETNS_DIR, name))
 

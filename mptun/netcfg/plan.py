@@ -14,15 +14,9 @@ from typing import ClassVar
 from mptun.netcfg.capture import INGRESS_FILTER_PARENT, capture_keys, port_blocks
 from mptun.netcfg.config import IPV4_TCP_HEADERS, NetConfig
 from mptun.netcfg.errors import NetcfgError
-from mptun.netcfg.interfaces import RESERVED_PORTS, Host
-
-IFF_TUN = 0x0001
-IFF_NO_PI = 0x1000
-IFF_VNET_HDR = 0x4000
-IFF_TUN_EXCL = 0x8000   # fail if the device exists: never attach to someone else's TUN
-TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6 = 0x01, 0x02, 0x04
-IPPROTO_TCP = 6
-RT_TABLE_MAIN = 254
+from mptun.netcfg.interfaces import RESERVED_PORTS, RT_TABLE_MAIN, Host
+from mptun.netcfg.tun import IFF_NO_PI, IFF_TUN, IFF_TUN_EXCL, IFF_VNET_HDR, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6
+from mptun.wire.tcpip import IPPROTO_TCP
 
 
 # ---------------------------------------------------------------- operations
@@ -33,20 +27,25 @@ _KINDS: dict[str, type[Op]] = {}
 @dataclass(frozen=True)
 class Op:
     """One step of `mptun up`. `journaled`: its undo is written before it runs;
-    False for settings of the TUN itself, which vanish with the device."""
+    False for settings of the TUN itself, which vanish with the device. `summary`:
+    what describe() says, formatted with the fields (an op whose text depends on
+    which fields are set overrides describe() instead)."""
 
     kind: ClassVar[str] = ""
     journaled: ClassVar[bool] = True
+    summary: ClassVar[str] = ""
 
-    def __init_subclass__(cls, **kw):
+    def __init_subclass__(cls, *, kind: str, journaled: bool = True, summary: str = "", **kw):
         super().__init_subclass__(**kw)
-        _KINDS[cls.kind] = cls
+        cls.kind, cls.journaled, cls.summary = kind, journaled, summary
+        _KINDS[kind] = cls
 
     def to_json(self) -> dict:
         return {"kind": self.kind, **asdict(self)}
 
     def describe(self) -> str:
-        raise NotImplementedError
+        assert self.summary, f"{type(self).__name__} says nothing about itself"
+        return self.summary.format_map(asdict(self))
 
 
 def op_from_json(d: dict) -> Op:
@@ -56,48 +55,33 @@ def op_from_json(d: dict) -> Op:
 
 
 @dataclass(frozen=True)
-class SetSysctl(Op):
+class SetSysctl(Op, kind="sysctl", summary="sysctl {key} = {new!r} (was {old!r})"):
     """A namespace-wide sysctl; undo writes `old` back (removing only what we added)."""
 
-    kind: ClassVar[str] = "sysctl"
     key: str
     old: str
     new: str
 
-    def describe(self) -> str:
-        return f"sysctl {self.key} = {self.new!r} (was {self.old!r})"
-
 
 @dataclass(frozen=True)
-class CreateTun(Op):
-    kind: ClassVar[str] = "tun"
+class CreateTun(Op, kind="tun", summary="create TUN {name} (IFF_TUN|IFF_NO_PI|IFF_VNET_HDR, not persistent), "
+                                         "vnet header {vnet_hdr_size} bytes, offload {offload:#x} (CSUM|TSO4|TSO6)"):
     name: str
     flags: int
     vnet_hdr_size: int
     offload: int
 
-    def describe(self) -> str:
-        return (f"create TUN {self.name} (IFF_TUN|IFF_NO_PI|IFF_VNET_HDR, not persistent), "
-                f"vnet header {self.vnet_hdr_size} bytes, offload {self.offload:#x} (CSUM|TSO4|TSO6)")
-
 
 @dataclass(frozen=True)
-class SetDeviceSysctl(Op):
+class SetDeviceSysctl(Op, kind="device_sysctl", journaled=False, summary="sysctl {key} = {value}"):
     """A per-device sysctl of the TUN: gone with the device."""
 
-    kind: ClassVar[str] = "device_sysctl"
-    journaled: ClassVar[bool] = False
     key: str
     value: str
 
-    def describe(self) -> str:
-        return f"sysctl {self.key} = {self.value}"
-
 
 @dataclass(frozen=True)
-class SetLink(Op):
-    kind: ClassVar[str] = "link"
-    journaled: ClassVar[bool] = False
+class SetLink(Op, kind="link", journaled=False):
     name: str
     mtu: int | None = None
     txqueuelen: int | None = None
@@ -110,19 +94,13 @@ class SetLink(Op):
 
 
 @dataclass(frozen=True)
-class AddAddress(Op):
-    kind: ClassVar[str] = "addr"
-    journaled: ClassVar[bool] = False
+class AddAddress(Op, kind="addr", journaled=False, summary="address {address} on {dev}"):
     dev: str
     address: str          # "198.19.0.1/32"
 
-    def describe(self) -> str:
-        return f"address {self.address} on {self.dev}"
-
 
 @dataclass(frozen=True)
-class AddRoute(Op):
-    kind: ClassVar[str] = "route"
+class AddRoute(Op, kind="route"):
     table: int
     dst: str              # "0.0.0.0/0"
     type: str = "unicast"  # or "throw": lookup in this table stops, the next rule is tried
@@ -151,8 +129,7 @@ class AddRoute(Op):
 
 
 @dataclass(frozen=True)
-class AddRule(Op):
-    kind: ClassVar[str] = "rule"
+class AddRule(Op, kind="rule"):
     priority: int
     table: int
     src: str                  # "198.19.0.1/32"; "0.0.0.0/32" matches only unbound sockets
@@ -177,8 +154,7 @@ class AddRule(Op):
 
 
 @dataclass(frozen=True)
-class SetGro(Op):
-    kind: ClassVar[str] = "gro"
+class SetGro(Op, kind="gro"):
     dev: str
     old: bool
     new: bool
@@ -188,21 +164,17 @@ class SetGro(Op):
 
 
 @dataclass(frozen=True)
-class AddIngressQdisc(Op):
-    kind: ClassVar[str] = "qdisc"
+class AddIngressQdisc(Op, kind="qdisc", summary="tc qdisc ingress on {dev}"):
     dev: str
-
-    def describe(self) -> str:
-        return f"tc qdisc ingress on {self.dev}"
 
 
 @dataclass(frozen=True)
-class AddCaptureFilter(Op):
+class AddCaptureFilter(Op, kind="filter", summary="tc filter on {dev} ingress prio {prio}: tcp dst {dst} "
+                                                 "dport {port_value:#06x}/{port_mask:#06x} -> mirred redirect {target}"):
     """u32 on dev's ingress: TCP to dst with (dport & port_mask) == port_value,
     redirected (mirred egress) into the TUN `target`. Alone at its priority, so
     the handle the kernel gives it is found (and journaled) after adding it."""
 
-    kind: ClassVar[str] = "filter"
     dev: str
     parent: int
     prio: int
@@ -214,10 +186,6 @@ class AddCaptureFilter(Op):
     @property
     def keys(self) -> list[str]:
         return capture_keys(self.dst, self.port_value, self.port_mask)
-
-    def describe(self) -> str:
-        return (f"tc filter on {self.dev} ingress prio {self.prio}: tcp dst {self.dst} "
-                f"dport {self.port_value:#06x}/{self.port_mask:#06x} -> mirred redirect {self.target}")
 
 
 # ---------------------------------------------------------------- reserved ports

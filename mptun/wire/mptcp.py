@@ -4,15 +4,21 @@ Each suboption's parse(one option's bytes) raises MalformedOption(reason) and
 nothing else; emit() gives the bytes back (reserved bits are sent as zero).
 parse_options() never raises on network bytes: it records malformed options by
 reason, keeps unknown kinds verbatim, and keeps each option's bytes to give the area back exactly.
+
+One module, over 500 lines because it is RFC 8684 section 3's option set: nine suboption
+types with several forms each, and the walk of an options area that dispatches to them and
+enforces what spans suboptions (one of each subtype). They share the length table, the
+Subtype/Reason codes and the header and length checks; split up, each piece would import
+all of that back, and reading one suboption's rules against the RFC would mean two files.
 """
 
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import IntEnum
 from ipaddress import IPv4Address, IPv6Address, ip_address
-from typing import Self
+from typing import ClassVar, Self
 
 from .tcpip import (
     PLAIN_OPTION_TYPES,
@@ -82,6 +88,9 @@ DSS_MAPPING = 0x04            # M
 DSS_DSN_64 = 0x08             # m
 DSS_DATA_FIN = 0x10           # F
 DSS_FLAG_MASK = 0x1F
+JOIN_BACKUP = 0x01            # B, in the subtype byte of MP_JOIN SYN and SYN/ACK
+ADD_ADDR_ECHO = 0x01          # E
+PRIO_BACKUP = 0x01            # B
 TCPRST_TRANSIENT = 0x01       # T (U V W are 0x08 0x04 0x02)
 
 
@@ -110,30 +119,21 @@ class JoinForm(IntEnum):
     ACK = 3
 
 
-class TcpRstReason(IntEnum):
-    """RFC 8684 3.6 MP_TCPRST reason codes."""
-
-    UNSPECIFIED = 0
-    MPTCP_ERROR = 1
-    LACK_OF_RESOURCES = 2
-    ADMINISTRATIVELY_PROHIBITED = 3
-    TOO_MUCH_OUTSTANDING_DATA = 4
-    UNACCEPTABLE_PERFORMANCE = 5
-    MIDDLEBOX_INTERFERENCE = 6
-
-
 def _header(subtype: Subtype, length: int, low_nibble: int, byte3: int) -> bytes:
     return bytes((TCPOPT_MPTCP, length, (subtype << 4) | (low_nibble & 0x0F), byte3 & 0xFF))
 
 
-def _check(data: bytes, subtype: Subtype) -> None:
-    """Programmer errors (wrong kind or subtype) assert; a length byte that lies is malformed."""
+def _check(data: bytes, subtype: Subtype, length: int | None = None) -> None:
+    """Programmer errors (wrong kind or subtype) assert; a length byte that lies, or a
+    length other than `length` for a suboption of one fixed length, is malformed."""
     assert len(data) >= 3 and data[0] == TCPOPT_MPTCP and data[2] >> 4 == subtype, \
         f"not an MPTCP {subtype.name} option: {bytes(data[:3]).hex()}"
     if data[1] > len(data):
         raise MalformedOption(Reason.TRUNCATED)
     if data[1] != len(data):
         raise MalformedOption(Reason.BAD_SUBOPTION_LENGTH, "length byte does not match the option's bytes")
+    if length is not None and len(data) != length:
+        raise MalformedOption(Reason.BAD_SUBOPTION_LENGTH, f"{subtype.name} of {len(data)} bytes")
 
 
 def _u64(data: bytes, at: int) -> int:
@@ -294,7 +294,7 @@ class MpJoin:
     def parse(cls, data: bytes) -> Self:
         _check(data, Subtype.MP_JOIN)
         n = len(data)
-        backup = bool(data[2] & 0x01)
+        backup = bool(data[2] & JOIN_BACKUP)
         if n == MPTCPOPT_JOIN_SYN_LEN:
             return cls.syn(data[3], _u32(data, 4), _u32(data, 8), backup)
         if n == MPTCPOPT_JOIN_SYNACK_LEN:
@@ -440,7 +440,7 @@ class AddAddr:
     def parse(cls, data: bytes) -> Self:
         _check(data, Subtype.ADD_ADDR)
         n = len(data)
-        echo = bool(data[2] & 0x01)
+        echo = bool(data[2] & ADD_ADDR_ECHO)
         # RFC 8684 3.4.1: the truncated HMAC is there exactly when E = 0, so the length
         # tells the family and the port: 8/10/20/22 (+8 with the HMAC).
         base = n if echo else n - MPTCPOPT_ADD_ADDR_HMAC_LEN
@@ -498,54 +498,49 @@ class MpPrio:
 
     @classmethod
     def parse(cls, data: bytes) -> Self:
-        _check(data, Subtype.MP_PRIO)
-        if len(data) != MPTCPOPT_MP_PRIO_LEN:
-            raise MalformedOption(Reason.BAD_SUBOPTION_LENGTH, f"MP_PRIO of {len(data)} bytes")
-        return cls(bool(data[2] & 0x01))
+        _check(data, Subtype.MP_PRIO, MPTCPOPT_MP_PRIO_LEN)
+        return cls(bool(data[2] & PRIO_BACKUP))
 
     def emit(self) -> bytes:
         return bytes((TCPOPT_MPTCP, MPTCPOPT_MP_PRIO_LEN, (Subtype.MP_PRIO << 4) | int(self.backup)))
 
 
 @dataclass(frozen=True)
-class MpFail:
-    """RFC 8684 3.7: the 64-bit DSN at which the checksum failed."""
+class _Value64:
+    """A suboption that is a 4-byte header (no flags) and one 64-bit value: its only field."""
 
-    dsn: int
-    buffer_len = MPTCPOPT_MP_FAIL_LEN
+    subtype: ClassVar[Subtype]
+    buffer_len: ClassVar[int]
 
     @classmethod
     def parse(cls, data: bytes) -> Self:
-        _check(data, Subtype.MP_FAIL)
-        if len(data) != MPTCPOPT_MP_FAIL_LEN:
-            raise MalformedOption(Reason.BAD_SUBOPTION_LENGTH, f"MP_FAIL of {len(data)} bytes")
+        _check(data, cls.subtype, cls.buffer_len)
         return cls(_u64(data, 4))
 
     def emit(self) -> bytes:
-        return _header(Subtype.MP_FAIL, MPTCPOPT_MP_FAIL_LEN, 0, 0) + self.dsn.to_bytes(8, "big")
+        (value,) = (getattr(self, f.name) for f in fields(self))
+        return _header(self.subtype, self.buffer_len, 0, 0) + value.to_bytes(8, "big")
 
 
 @dataclass(frozen=True)
-class MpFastclose:
+class MpFail(_Value64):
+    """RFC 8684 3.7: the 64-bit DSN at which the checksum failed."""
+
+    dsn: int
+    subtype, buffer_len = Subtype.MP_FAIL, MPTCPOPT_MP_FAIL_LEN
+
+
+@dataclass(frozen=True)
+class MpFastclose(_Value64):
     """RFC 8684 3.5: the receiver's key, proving the sender knows the connection."""
 
     receiver_key: int
-    buffer_len = MPTCPOPT_MP_FASTCLOSE_LEN
-
-    @classmethod
-    def parse(cls, data: bytes) -> Self:
-        _check(data, Subtype.MP_FASTCLOSE)
-        if len(data) != MPTCPOPT_MP_FASTCLOSE_LEN:
-            raise MalformedOption(Reason.BAD_SUBOPTION_LENGTH, f"MP_FASTCLOSE of {len(data)} bytes")
-        return cls(_u64(data, 4))
-
-    def emit(self) -> bytes:
-        return _header(Subtype.MP_FASTCLOSE, MPTCPOPT_MP_FASTCLOSE_LEN, 0, 0) + self.receiver_key.to_bytes(8, "big")
+    subtype, buffer_len = Subtype.MP_FASTCLOSE, MPTCPOPT_MP_FASTCLOSE_LEN
 
 
 @dataclass(frozen=True)
 class MpTcpRst:
-    """RFC 8684 3.6: why a subflow was reset. flags holds U V W T; T = transient."""
+    """RFC 8684 3.6: why a subflow was reset (the reason codes are 3.6's). flags holds U V W T; T = transient."""
 
     reason: int
     flags: int = 0
@@ -561,9 +556,7 @@ class MpTcpRst:
 
     @classmethod
     def parse(cls, data: bytes) -> Self:
-        _check(data, Subtype.MP_TCPRST)
-        if len(data) != MPTCPOPT_MP_TCPRST_LEN:
-            raise MalformedOption(Reason.BAD_SUBOPTION_LENGTH, f"MP_TCPRST of {len(data)} bytes")
+        _check(data, Subtype.MP_TCPRST, MPTCPOPT_MP_TCPRST_LEN)
         return cls(reason=data[3], flags=data[2] & 0x0F)
 
     def emit(self) -> bytes:
@@ -618,7 +611,7 @@ class ParsedOptions:
     """Every option of an options area, in order, with its offset; emit() gives the area back.
 
     `options` holds plain option values, MPTCP suboption values, UnknownOption,
-    Nop/Eol and Malformed entries. Where a kind repeats, the accessors give the
+    Nop/Eol and Malformed entries. Where a kind repeats, first(type) gives the
     first (a duplicate MPTCP suboption is a Malformed DUPLICATE_SUBOPTION entry).
     """
 
@@ -645,26 +638,6 @@ class ParsedOptions:
     def mptcp(self) -> tuple:
         """The well-formed MPTCP suboptions, in order."""
         return tuple(o for o in self.options if type(o) in SUBTYPE_OF)
-
-    @property
-    def mss(self) -> Mss | None:
-        return self.first(Mss)
-
-    @property
-    def window_scale(self) -> WindowScale | None:
-        return self.first(WindowScale)
-
-    @property
-    def sack_permitted(self) -> bool:
-        return self.first(SackPermitted) is not None
-
-    @property
-    def sack(self) -> Sack | None:
-        return self.first(Sack)
-
-    @property
-    def timestamps(self) -> Timestamps | None:
-        return self.first(Timestamps)
 
     def emit(self) -> bytes:
         """The options area exactly as parsed."""

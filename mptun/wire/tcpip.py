@@ -9,16 +9,37 @@ the per-packet path (src/fastpath/packet.pxd, mptcpopt.pxd).
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import IntEnum
 from ipaddress import IPv4Address, IPv6Address
-from typing import Self
+from typing import ClassVar, Self
 
 IPPROTO_TCP = 6
+# IPv6 next-header values the parsers walk (hop-by-hop, routing, destination options) or stop at
+IPPROTO_HOPOPTS = 0
+IPPROTO_ROUTING = 43
+IPPROTO_FRAGMENT = 44
+IPPROTO_DSTOPTS = 60
 IPV4_HEADER_MIN_LEN = 20
 IPV6_HEADER_LEN = 40
 TCP_HEADER_MIN_LEN = 20
 TCP_OPTIONS_MAX_LEN = 40
+
+# Byte offsets of the fields the per-packet code reads and writes (the same names as in packet.pxd)
+IPV4_TOTAL_LEN_OFFSET = 2
+IPV4_FRAG_OFFSET = 6
+IPV4_CHECKSUM_OFFSET = 10
+IPV4_SRC_OFFSET = 12
+IPV4_DST_OFFSET = 16
+IPV6_PAYLOAD_LEN_OFFSET = 4
+IPV6_NEXT_HEADER_OFFSET = 6
+IPV6_SRC_OFFSET = 8
+IPV6_DST_OFFSET = 24
+TCP_SRC_PORT_OFFSET = 0
+TCP_DST_PORT_OFFSET = 2
+TCP_DATA_OFFSET_OFFSET = 12
+TCP_FLAGS_OFFSET = 13
+TCP_CHECKSUM_OFFSET = 16
 
 # TCP flag bits: byte 13, and AE (RFC 9293's former NS) from byte 12
 TCP_FIN = 0x01
@@ -286,73 +307,65 @@ def _check_length(data: bytes, expected: int | None = None) -> None:
 
 
 @dataclass(frozen=True)
-class Eol:
+class _OneByte:
+    """EOL and NOP: the kind byte alone."""
+
+    kind: ClassVar[int]
     buffer_len = 1
 
     @classmethod
     def parse(cls, data: bytes) -> Self:
-        assert data[:1] == b"\x00"
+        assert data[:1] == bytes((cls.kind,))
         return cls()
 
     def emit(self) -> bytes:
-        return b"\x00"
+        return bytes((self.kind,))
 
 
 @dataclass(frozen=True)
-class Nop:
-    buffer_len = 1
+class Eol(_OneByte):
+    kind = TCPOPT_EOL
+
+
+@dataclass(frozen=True)
+class Nop(_OneByte):
+    kind = TCPOPT_NOP
+
+
+@dataclass(frozen=True)
+class _Fixed:
+    """A plain option of one kind and one length: kind, length, then the fields packed as `body`."""
+
+    kind: ClassVar[int]
+    buffer_len: ClassVar[int]
+    body: ClassVar[str]   # struct format of the fields after kind and length, in field order
 
     @classmethod
     def parse(cls, data: bytes) -> Self:
-        assert data[:1] == b"\x01"
-        return cls()
+        assert data[0] == cls.kind
+        _check_length(data, cls.buffer_len)
+        return cls(*struct.unpack_from("!" + cls.body, data, 2))
 
     def emit(self) -> bytes:
-        return b"\x01"
+        return struct.pack("!BB" + self.body, self.kind, self.buffer_len,
+                           *(getattr(self, f.name) for f in fields(self)))
 
 
 @dataclass(frozen=True)
-class Mss:
+class Mss(_Fixed):
     value: int
-    buffer_len = TCPOLEN_MSS
-
-    @classmethod
-    def parse(cls, data: bytes) -> Self:
-        assert data[0] == TCPOPT_MSS
-        _check_length(data, TCPOLEN_MSS)
-        return cls(int.from_bytes(data[2:4], "big"))
-
-    def emit(self) -> bytes:
-        return struct.pack("!BBH", TCPOPT_MSS, TCPOLEN_MSS, self.value)
+    kind, buffer_len, body = TCPOPT_MSS, TCPOLEN_MSS, "H"
 
 
 @dataclass(frozen=True)
-class WindowScale:
+class WindowScale(_Fixed):
     shift: int  # kept as sent; RFC 7323 2.3 has the receiver clamp values above 14
-    buffer_len = TCPOLEN_WSCALE
-
-    @classmethod
-    def parse(cls, data: bytes) -> Self:
-        assert data[0] == TCPOPT_WSCALE
-        _check_length(data, TCPOLEN_WSCALE)
-        return cls(data[2])
-
-    def emit(self) -> bytes:
-        return bytes((TCPOPT_WSCALE, TCPOLEN_WSCALE, self.shift))
+    kind, buffer_len, body = TCPOPT_WSCALE, TCPOLEN_WSCALE, "B"
 
 
 @dataclass(frozen=True)
-class SackPermitted:
-    buffer_len = TCPOLEN_SACK_PERMITTED
-
-    @classmethod
-    def parse(cls, data: bytes) -> Self:
-        assert data[0] == TCPOPT_SACK_PERMITTED
-        _check_length(data, TCPOLEN_SACK_PERMITTED)
-        return cls()
-
-    def emit(self) -> bytes:
-        return bytes((TCPOPT_SACK_PERMITTED, TCPOLEN_SACK_PERMITTED))
+class SackPermitted(_Fixed):
+    kind, buffer_len, body = TCPOPT_SACK_PERMITTED, TCPOLEN_SACK_PERMITTED, ""
 
 
 @dataclass(frozen=True)
@@ -380,19 +393,10 @@ class Sack:
 
 
 @dataclass(frozen=True)
-class Timestamps:
+class Timestamps(_Fixed):
     tsval: int
     tsecr: int
-    buffer_len = TCPOLEN_TIMESTAMPS
-
-    @classmethod
-    def parse(cls, data: bytes) -> Self:
-        assert data[0] == TCPOPT_TIMESTAMPS
-        _check_length(data, TCPOLEN_TIMESTAMPS)
-        return cls(*struct.unpack("!II", data[2:10]))
-
-    def emit(self) -> bytes:
-        return struct.pack("!BBII", TCPOPT_TIMESTAMPS, TCPOLEN_TIMESTAMPS, self.tsval, self.tsecr)
+    kind, buffer_len, body = TCPOPT_TIMESTAMPS, TCPOLEN_TIMESTAMPS, "II"
 
 
 @dataclass(frozen=True)

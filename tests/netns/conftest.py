@@ -8,6 +8,7 @@ import pytest
 
 from mptun.lab import Lab, teardown
 from mptun.lab.netns import list_namespaces, run
+from mptun.lab.peer import write_pattern_file
 from tests.conftest import require_commands, require_root
 
 # Every lab of this run is named mpt-t<RUN>-<n>, so a final sweep finds leftovers.
@@ -71,6 +72,19 @@ def make_lab(request):
             except Exception as e:  # saving evidence must not hide the failure
                 print(f"could not save lab state: {e}")
         lab.down()
+
+
+@pytest.fixture
+def served_file(tmp_path):
+    """served_file(nbytes, name="file.bin") -> (directory, sha256): a pattern file in tmp_path/www,
+    the directory an http peer serves."""
+    directory = tmp_path / "www"
+
+    def serve(nbytes: int, name: str = "file.bin") -> tuple[str, str]:
+        directory.mkdir(exist_ok=True)
+        return str(directory), write_pattern_file(str(directory / name), nbytes)
+
+    return serve
 
 
 @pytest.fixture(scope="session", autouse=True)

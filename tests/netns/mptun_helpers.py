@@ -14,8 +14,9 @@ import subprocess
 import sys
 import time
 
-from mptun.lab.mptcpinfo import mptcp_counters
+from mptun.lab.kstats import mptcp_counters
 from mptun.lab.netns import ns_argv, run
+from mptun.lab.peer import run_client, start_peer
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SERVER = "198.18.100.2"
@@ -113,6 +114,14 @@ def wait_gone(pid: int, timeout: float = 10.0) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def echo_once(lab, port: int, nbytes: int) -> dict:
+    """One plain-TCP echo connection of nbytes from the client to an echo peer on the server, every
+    byte back intact; the server's record of it (its "mptcp" says what the server's kernel saw)."""
+    with start_peer(lab.server, "echo", port) as peer:
+        assert run_client(lab.client, SERVER, port, mode="echo", nbytes=nbytes, mptcp=False).ok
+        return peer.wait_connections(1)[0]
 
 
 def server_mib(lab) -> dict[str, int]:

@@ -8,7 +8,6 @@ and carry checksums that our dss_checksum() reproduces.
 """
 
 import hashlib
-import secrets
 import struct
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from ipaddress import ip_address
 import pytest
 
 from mptun import impl
+from mptun.lab.netns import Namespaces, run
 from mptun.wire import mptcp as w
 from mptun.wire.tcpip import tcp_checksum_ok
 from tests.conftest import require_commands, require_root
@@ -67,11 +67,6 @@ t.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)); t.cl
 """.format(port=PORT)
 
 
-def sh(*argv, ns=None, check=True):
-    full = (["ip", "netns", "exec", ns] if ns else []) + [str(a) for a in argv]
-    return subprocess.run(full, capture_output=True, text=True, timeout=30, check=check)
-
-
 def read_pcap(path) -> list[bytes]:
     """IP packets from a pcap of LINUX_SLL2 (tcpdump -i any), LINUX_SLL or Ethernet frames."""
     data = open(path, "rb").read()
@@ -91,53 +86,44 @@ def linux_packets(tmp_path_factory):
     """Every IP packet of the scenario, as captured in the server namespace."""
     require_root()
     require_commands("ip", "tcpdump", "ethtool")
-    tag = secrets.token_hex(3)
-    server_ns, client_ns = f"mpt-cdc{tag}-s", f"mpt-cdc{tag}-c"
     pcap = tmp_path_factory.mktemp("codec") / "linux.pcap"
-    procs = []
-    try:
-        for ns in (server_ns, client_ns):
-            sh("ip", "netns", "add", ns)
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
+    procs = []   # killed and waited for before the namespaces go
+    with Namespaces("mpt-cdc", "server", "client") as ns:
+        server_ns, client_ns = ns.server, ns.client
         for i in (1, 2):
-            sh("ip", "link", "add", f"c{tag}{i}", "netns", client_ns, "type", "veth",
-               "peer", "name", f"s{tag}{i}", "netns", server_ns)
-            for ns, dev, host in ((client_ns, f"c{tag}{i}", 1), (server_ns, f"s{tag}{i}", 2)):
-                sh("ip", "-n", ns, "link", "set", dev, "name", f"eth{i}")
-                sh("ip", "-n", ns, "addr", "add", f"198.18.{199 + i}.{host}/24", "dev", f"eth{i}")
-                sh("ip", "-n", ns, "link", "set", f"eth{i}", "up")
+            ns.veth("client", f"eth{i}", "server", f"eth{i}", [f"198.18.{199 + i}.1/24"], [f"198.18.{199 + i}.2/24"])
+            for netns in (client_ns, server_ns):
                 # one wire segment per captured packet, and real checksums on the wire
-                sh("ethtool", "-K", f"eth{i}", "gro", "off", "tso", "off", "gso", "off", "tx", "off",
-                   ns=ns, check=False)
-        for ns in (server_ns, client_ns):
-            sh("sysctl", "-qw", "net.mptcp.enabled=1", "net.mptcp.checksum_enabled=1", ns=ns)
-            sh("ip", "-n", ns, "mptcp", "limits", "set", "subflows", "4", "add_addr_accepted", "4")
-        sh("ip", "-n", server_ns, "mptcp", "endpoint", "add", "198.18.201.2", "dev", "eth2", "id", "5", "signal")
-        sh("ip", "-n", client_ns, "mptcp", "endpoint", "add", "198.18.201.1", "dev", "eth2", "id", "7", "subflow")
-        dump = subprocess.Popen(["ip", "netns", "exec", server_ns, "tcpdump", "-i", "any", "-U", "-s", "0",
-                                 "-w", str(pcap), "tcp"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                text=True)
-        procs.append(dump)
-        banner = [dump.stderr.readline() for _ in range(2)]  # "data link type ...", "listening on ..."
-        assert any("listening" in line for line in banner), banner
-        server = subprocess.Popen(["ip", "netns", "exec", server_ns, sys.executable, "-c", SERVER],
-                                  stdout=subprocess.PIPE, text=True)
-        procs.append(server)
-        assert server.stdout.readline().strip() == "ready"
-        subprocess.run(["ip", "netns", "exec", client_ns, sys.executable, "-c", CLIENT, server_ns],
-                       check=True, timeout=60)
-        server.wait(timeout=10)
-        time.sleep(0.5)  # let tcpdump write the last packets before it is stopped
-        dump.terminate()
-        dump.wait(timeout=10)
-        return read_pcap(pcap)
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        for ns in (server_ns, client_ns):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+                run(netns, ["ethtool", "-K", f"eth{i}", "gro", "off", "tso", "off", "gso", "off", "tx", "off"],
+                    check=False)
+        for netns in (server_ns, client_ns):
+            run(netns, ["sysctl", "-qw", "net.mptcp.enabled=1", "net.mptcp.checksum_enabled=1"])
+            run(netns, ["ip", "mptcp", "limits", "set", "subflows", "4", "add_addr_accepted", "4"])
+        run(server_ns, ["ip", "mptcp", "endpoint", "add", "198.18.201.2", "dev", "eth2", "id", "5", "signal"])
+        run(client_ns, ["ip", "mptcp", "endpoint", "add", "198.18.201.1", "dev", "eth2", "id", "7", "subflow"])
+        try:
+            dump = subprocess.Popen(["ip", "netns", "exec", server_ns, "tcpdump", "-i", "any", "-U", "-s", "0",
+                                     "-w", str(pcap), "tcp"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                    text=True)
+            procs.append(dump)
+            banner = [dump.stderr.readline() for _ in range(2)]  # "data link type ...", "listening on ..."
+            assert any("listening" in line for line in banner), banner
+            server = subprocess.Popen(["ip", "netns", "exec", server_ns, sys.executable, "-c", SERVER],
+                                      stdout=subprocess.PIPE, text=True)
+            procs.append(server)
+            assert server.stdout.readline().strip() == "ready"
+            subprocess.run(["ip", "netns", "exec", client_ns, sys.executable, "-c", CLIENT, server_ns],
+                           check=True, timeout=60)
+            server.wait(timeout=10)
+            time.sleep(0.5)  # let tcpdump write the last packets before it is stopped
+            dump.terminate()
+            dump.wait(timeout=10)
+            return read_pcap(pcap)
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
 
 
 def mptcp_segments(packets):
@@ -147,7 +133,7 @@ def mptcp_segments(packets):
         assert view == PURE_PKT.parse_packet(raw)
         assert view["error"] == 0, f"unreadable packet {raw[:60].hex()}"
         area = raw[view["options_offset"]:view["options_offset"] + view["options_len"]]
-        if FAST_OPT.parse_options(area)["present"] & 0x20:
+        if FAST_OPT.parse_options(area)["present"] & FAST_OPT.HAS_MPTCP:
             yield view, area, raw[view["payload_offset"]:view["payload_offset"] + view["payload_len"]]
 
 

@@ -6,7 +6,6 @@ Timing checks are lower bounds only (a delayed frame can never arrive early); lo
 
 import os
 import re
-import secrets
 import signal
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import time
 
 import pytest
 
+from mptun.lab.netns import WireNamespaces, sysctls
 from tests.conftest import require_commands, require_root
 
 pytestmark = pytest.mark.netns
@@ -30,44 +30,17 @@ def sh(*cmd, check=True, timeout=30, **kw):
     return subprocess.run(cmd, check=check, timeout=timeout, capture_output=True, text=True, **kw)
 
 
-class Wire:
-    """Three namespaces joined by veths; the link namespace holds only la and lb (GRO on, no IPv6 chatter)."""
+class Wire(WireNamespaces):
+    """A -- [link namespace, la and lb only] -- B, with room for large TCP windows at both ends."""
 
     def __init__(self):
-        tag = secrets.token_hex(3)
-        self.a, self.link, self.b = f"mpt-dla{tag}", f"mpt-dll{tag}", f"mpt-dlb{tag}"
+        super().__init__("mpt-dl", [f"{A_IP}/24", f"{A_IP6}/64"], [f"{B_IP}/24", f"{B_IP6}/64"])
 
     def up(self):
-        for ns in (self.a, self.link, self.b):
-            sh("ip", "netns", "add", ns)
-        sh("ip", "link", "add", "a0", "netns", self.a, "type", "veth", "peer", "name", "la", "netns", self.link)
-        sh("ip", "link", "add", "b0", "netns", self.b, "type", "veth", "peer", "name", "lb", "netns", self.link)
-        # the link namespace is a wire: it must not add frames of its own (router solicitations, DAD)
-        sh("ip", "netns", "exec", self.link, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
-           "net.ipv6.conf.default.disable_ipv6=1", "net.ipv6.conf.la.disable_ipv6=1",
-           "net.ipv6.conf.lb.disable_ipv6=1")
-        sh("ip", "-n", self.a, "addr", "add", f"{A_IP}/24", "dev", "a0")
-        sh("ip", "-n", self.b, "addr", "add", f"{B_IP}/24", "dev", "b0")
-        sh("ip", "-n", self.a, "addr", "add", f"{A_IP6}/64", "dev", "a0", "nodad")
-        sh("ip", "-n", self.b, "addr", "add", f"{B_IP6}/64", "dev", "b0", "nodad")
-        for ns, dev in ((self.a, "a0"), (self.b, "b0"), (self.link, "la"), (self.link, "lb")):
-            sh("ip", "-n", ns, "link", "set", dev, "up")
-            sh("ip", "netns", "exec", ns, "ethtool", "-K", dev, "gro", "on", "rx-gro-list", "off")
+        super().up()
         for ns in (self.a, self.b):
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-            sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.tcp_rmem=4096 131072 33554432",
-               "net.ipv4.tcp_wmem=4096 131072 33554432")
-
-    def down(self):
-        for ns in (self.a, self.link, self.b):
-            # processes left in a namespace would keep it alive: end ours first (by pid)
-            pids = sh("ip", "netns", "pids", ns, check=False).stdout.split()
-            for pid in pids:
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except (ProcessLookupError, ValueError):
-                    pass
-            sh("ip", "netns", "del", ns, check=False)
+            sysctls(ns, {"net.ipv4.tcp_rmem": "4096 131072 33554432", "net.ipv4.tcp_wmem": "4096 131072 33554432"})
+        return self
 
     def py(self, ns, code, *args, timeout=60):
         """Runs a Python snippet inside a namespace, as a Popen (stdout piped)."""
@@ -79,12 +52,8 @@ class Wire:
 def wire():
     require_root()
     require_commands("ip", "ethtool", "ping")
-    w = Wire()
-    try:
-        w.up()
+    with Wire() as w:
         yield w
-    finally:
-        w.down()
 
 
 @pytest.fixture
@@ -253,29 +222,20 @@ def test_ipv6_passes_and_is_delayed(wire, start_line):
 CHECKSUM_PROBE = """
     # one UDP datagram with a wrong checksum, then the same with the right one, as raw IPv4
     import socket, struct, sys
-    src, dst, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    def csum(b):
-        if len(b) % 2:
-            b += b"\\0"
-        s = sum(struct.unpack(f"!{len(b) // 2}H", b))
-        while s >> 16:
-            s = (s & 0xFFFF) + (s >> 16)
-        return ~s & 0xFFFF
+    from ipaddress import IPv4Address
+    from mptun.wire.tcpip import Ipv4Header, internet_checksum, pseudo_header_sum
+    src, dst, port = IPv4Address(sys.argv[1]), IPv4Address(sys.argv[2]), int(sys.argv[3])
     def packet(payload, bad):
-        udp_len = 8 + len(payload)
-        pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, 17, udp_len)
-        udp = struct.pack("!HHHH", 40000, port, udp_len, 0) + payload
-        c = csum(pseudo + udp) or 0xFFFF
+        udp = struct.pack("!HHHH", 40000, port, 8 + len(payload), 0) + payload
+        c = internet_checksum(udp, pseudo_header_sum(src, dst, socket.IPPROTO_UDP, len(udp))) or 0xFFFF
         if bad:
             c ^= 0x00F0
         udp = udp[:6] + struct.pack("!H", c) + udp[8:]
-        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + udp_len, 1, 0, 64, 17, 0,
-                         socket.inet_aton(src), socket.inet_aton(dst))
-        ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
-        return ip + udp
+        ip = Ipv4Header(src, dst, len(udp), protocol=socket.IPPROTO_UDP, identification=1, flags=0)
+        return ip.emit() + udp
     s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
-    s.sendto(packet(b"bad checksum", True), (dst, 0))
-    s.sendto(packet(b"good checksum", False), (dst, 0))
+    s.sendto(packet(b"bad checksum", True), (str(dst), 0))
+    s.sendto(packet(b"good checksum", False), (str(dst), 0))
 """
 
 UDP_FIRST = """

@@ -6,22 +6,23 @@ then MP_JOIN with our nonce. The kernel's own view (MPTCP_INFO, its MIB counters
 HMACs and ADD_ADDR it sends) must match what mptun computes.
 """
 
-import contextlib
-import ctypes
 import itertools
 import os
 import secrets
 import socket
-import struct
-import subprocess
 import time
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
 import pytest
 
+from mptun.lab import mptcpinfo as mi
+from mptun.lab.kstats import mptcp_counters
+from mptun.lab.netns import Namespaces, run
+from mptun.netcfg.netns import entered
 from mptun.wire import crypto
 from mptun.wire.mptcp import AddAddr, MpCapable, MpJoin, parse_options
+from mptun.wire.tcpip import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Ipv4Header, Mss, TcpHeader
 from tests.conftest import require_commands, require_root
 
 pytestmark = pytest.mark.netns
@@ -33,97 +34,34 @@ SERVER_PORT = 18080
 SIGNAL_ADDR_ID = 5
 SIGNAL_PORT = 18099
 
-IPPROTO_MPTCP = 262
-SOL_MPTCP = 284
-MPTCP_INFO = 1
-MPTCP_INFO_FLAG_FALLBACK = 1 << 0
-MPTCP_INFO_FLAG_REMOTE_KEY_RECEIVED = 1 << 1
-# struct mptcp_info (include/uapi/linux/mptcp.h) up to rcv_nxt: six u8 counters, a 2-byte
-# hole, flags, token, write_seq, snd_una, rcv_nxt. Native byte order.
-MPTCP_INFO_HEAD = struct.Struct("=BBBBBB2xIIQQQ")
-MPTCP_INFO_SUBFLOWS_TOTAL_AT = 80  # since Linux 6.8: all subflows, the initial one included
-
-TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK = 0x01, 0x02, 0x04, 0x10
-MSS_OPTION = bytes((2, 4)) + (1460).to_bytes(2, "big")
+MSS_OPTION = Mss(1460).emit()
 DSN_MOD = 1 << 64
 STEP_TIMEOUT = 5.0
-CLONE_NEWNET = 0x40000000
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def sh(*argv, ns=None, check=True, timeout=20) -> str:
-    full = (["ip", "netns", "exec", ns] if ns else []) + list(argv)
-    proc = subprocess.run(full, capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode:
-        raise RuntimeError(f"{' '.join(full)}: exit {proc.returncode}: {proc.stderr.strip()}")
-    return proc.stdout
-
-
-@contextlib.contextmanager
-def inside_netns(name: str):
-    """Run the block (this thread only) inside namespace `name`; sockets made there stay there."""
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        if _libc.setns(target, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns into {name}")
-        try:
-            yield
-        finally:
-            if _libc.setns(home, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns back home")
-    finally:
-        os.close(target)
-        os.close(home)
-
-
-@dataclass
-class Lab:
-    client: str
-    server: str
 
 
 @pytest.fixture(scope="module")
 def lab():
+    """A client and a server namespace joined by one veth (vc 198.18.250.1 -- vs .2 and .3)."""
     require_root()
     require_commands("ip", "nft", "ethtool")
-    tag = secrets.token_hex(3)
-    lab = Lab(client=f"mpt-hs{tag}-c", server=f"mpt-hs{tag}-s")
-    created = []
-    try:
-        for ns in (lab.client, lab.server):
-            sh("ip", "netns", "add", ns)
-            created.append(ns)
-        sh("ip", "-n", lab.client, "link", "add", "vc", "type", "veth",
-           "peer", "name", "vs", "netns", lab.server)
-        for ns, dev, addrs in ((lab.client, "vc", [CLIENT_IP]),
-                               (lab.server, "vs", [SERVER_IP, SIGNAL_IP])):
-            for addr in addrs:
-                sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
-            sh("ip", "-n", ns, "link", "set", dev, "up")
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
+    with Namespaces("mpt-hs", "client", "server") as lab:
+        lab.veth("client", "vc", "server", "vs", [f"{CLIENT_IP}/24"], [f"{SERVER_IP}/24", f"{SIGNAL_IP}/24"])
         # veth marks packets as checksum-verified; with rx off the server kernel really
         # checks the TCP checksums of our hand-made segments.
-        sh("ethtool", "-K", "vs", "rx", "off", ns=lab.server)
-        sh("ip", "mptcp", "limits", "set", "subflows", "2", "add_addr_accepted", "0",
-           ns=lab.server)
+        run(lab.server, ["ethtool", "-K", "vs", "rx", "off"])
+        run(lab.server, ["ip", "mptcp", "limits", "set", "subflows", "2", "add_addr_accepted", "0"])
         # No client socket owns our connections, so the client kernel would answer every
         # SYN/ACK with a RST.
-        sh("nft", "add table inet mpt_hs", ns=lab.client)
-        sh("nft", "add chain inet mpt_hs out { type filter hook output priority 0 ; }",
-           ns=lab.client)
-        sh("nft", "add rule inet mpt_hs out tcp flags & rst == rst drop", ns=lab.client)
+        run(lab.client, ["nft", "add table inet mpt_hs"])
+        run(lab.client, ["nft", "add chain inet mpt_hs out { type filter hook output priority 0 ; }"])
+        run(lab.client, ["nft", "add rule inet mpt_hs out tcp flags & rst == rst drop"])
         yield lab
-    finally:
-        for ns in created:
-            sh("ip", "netns", "del", ns, check=False)
 
 
 @pytest.fixture(scope="module")
 def listener(lab):
-    with inside_netns(lab.server):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, IPPROTO_MPTCP)
+    with entered(lab.server):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, mi.IPPROTO_MPTCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((SERVER_IP, SERVER_PORT))
     sock.listen(16)
@@ -134,14 +72,14 @@ def listener(lab):
 
 @pytest.fixture
 def raw(lab):
-    with inside_netns(lab.client):
+    with entered(lab.client):
         sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
     sock.bind((CLIENT_IP, 0))
     yield sock
     sock.close()
     # Shown only when the test failed (pytest keeps captured output of failures).
-    print(sh("ss", "-Mtnia", ns=lab.server, check=False))
-    print({k: v for k, v in mib(lab.server).items() if v})
+    print(run(lab.server, ["ss", "-Mtnia"], check=False).stdout)
+    print({k: v for k, v in mptcp_counters(lab.server).items() if v})
 
 
 @pytest.fixture
@@ -151,31 +89,17 @@ def signal_endpoint(lab, request):
     argv = ["ip", "mptcp", "endpoint", "add", SIGNAL_IP, "id", str(SIGNAL_ADDR_ID)]
     if port is not None:
         argv += ["port", str(port)]
-    sh(*argv, "signal", ns=lab.server)
+    run(lab.server, [*argv, "signal"])
     yield port
-    sh("ip", "mptcp", "endpoint", "flush", ns=lab.server, check=False)
+    run(lab.server, ["ip", "mptcp", "endpoint", "flush"], check=False)
 
 
 # --- a TCP client by hand ---------------------------------------------------------------
 
-def checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
 def tcp_segment(sport: int, dport: int, seq: int, ack: int, flags: int, options: bytes,
                 payload: bytes = b"", window: int = 65535) -> bytes:
-    assert len(options) % 4 == 0 and len(options) <= 40
-    header = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, (20 + len(options)) // 4 << 4,
-                         flags, window, 0, 0) + options
-    pseudo = (IPv4Address(CLIENT_IP).packed + IPv4Address(SERVER_IP).packed
-              + struct.pack("!BBH", 0, socket.IPPROTO_TCP, len(header) + len(payload)))
-    csum = checksum(pseudo + header + payload)
-    return header[:16] + csum.to_bytes(2, "big") + header[18:] + payload
+    tcp = TcpHeader(sport, dport, seq, ack, flags, window, options=options)
+    return tcp.emit(payload, IPv4Address(CLIENT_IP), IPv4Address(SERVER_IP))
 
 
 @dataclass
@@ -210,15 +134,14 @@ class RawSubflow:
                 packet = self.raw.recv(65535)
             except TimeoutError:
                 break
-            ihl = (packet[0] & 0x0F) * 4
-            if packet[9] != socket.IPPROTO_TCP or packet[12:16] != IPv4Address(SERVER_IP).packed:
+            ip = Ipv4Header.parse(packet)
+            if ip.protocol != socket.IPPROTO_TCP or ip.src != IPv4Address(SERVER_IP):
                 continue
-            tcp = packet[ihl:]
-            sport, dport, seq, ack, offset, flags = struct.unpack_from("!HHIIBB", tcp)
-            if sport != SERVER_PORT or dport != self.sport:
+            tcp = TcpHeader.parse(packet[ip.buffer_len:])
+            if tcp.src_port != SERVER_PORT or tcp.dst_port != self.sport:
                 continue
-            doff = (offset >> 4) * 4
-            seg = Received(seq, ack, flags, parse_options(tcp[20:doff]), tcp[doff:])
+            seg = Received(tcp.seq, tcp.ack, tcp.flags, parse_options(tcp.options),
+                           packet[ip.buffer_len + tcp.buffer_len:])
             if accept(seg):
                 return seg
         raise AssertionError(f"no expected segment from the server to port {self.sport} "
@@ -235,25 +158,6 @@ _client_ports = itertools.count(20000 + secrets.randbelow(30000))
 def free_port() -> int:
     """A client port not used before in this run (no client socket owns any of them)."""
     return next(_client_ports)
-
-
-def mptcp_info(sock: socket.socket) -> dict:
-    raw = sock.getsockopt(SOL_MPTCP, MPTCP_INFO, 256)
-    fields = MPTCP_INFO_HEAD.unpack_from(raw)
-    info = dict(zip(("subflows", "add_addr_signal", "add_addr_accepted", "subflows_max",
-                     "add_addr_signal_max", "add_addr_accepted_max", "flags", "token",
-                     "write_seq", "snd_una", "rcv_nxt"), fields))
-    if len(raw) > MPTCP_INFO_SUBFLOWS_TOTAL_AT:
-        info["subflows_total"] = raw[MPTCP_INFO_SUBFLOWS_TOTAL_AT]
-    return info
-
-
-def mib(ns: str) -> dict[str, int]:
-    """The MPTcpExt counters of namespace ns (/proc/net/netstat as seen inside it)."""
-    lines = [ln.split() for ln in sh("cat", "/proc/net/netstat", ns=ns).splitlines()
-             if ln.startswith("MPTcpExt:")]
-    names, values = lines[0][1:], lines[1][1:]
-    return dict(zip(names, map(int, values)))
 
 
 @dataclass
@@ -313,18 +217,18 @@ def wait_for(predicate, timeout: float = STEP_TIMEOUT, interval: float = 0.02):
 def test_kernel_token_and_idsns_match_our_crypto(lab, listener, raw):
     conn = mp_capable_handshake(raw, listener)
     with conn.accepted:
-        info = mptcp_info(conn.accepted)
-        assert not info["flags"] & MPTCP_INFO_FLAG_FALLBACK
-        assert info["flags"] & MPTCP_INFO_FLAG_REMOTE_KEY_RECEIVED
+        info = mi.mptcp_info(conn.accepted)
+        assert not info.fallback
+        assert info.remote_key_received
         # RFC 8684 3.2: the listener's token names its connection: SHA-256(key)[:32 bits].
-        assert info["token"] == crypto.key_token(conn.server_key)
+        assert info.token == crypto.key_token(conn.server_key)
         # RFC 8684 3.1: each side's IDSN is SHA-256(its key)[low 64 bits]; the kernel's
         # data sequence starts one past it (the SYN's data-level space).
-        assert info["write_seq"] == (crypto.key_idsn(conn.server_key) + 1) % DSN_MOD
-        assert info["rcv_nxt"] == (crypto.key_idsn(conn.client_key) + 1) % DSN_MOD
+        assert info.write_seq == (crypto.key_idsn(conn.server_key) + 1) % DSN_MOD
+        assert info.rcv_nxt == (crypto.key_idsn(conn.client_key) + 1) % DSN_MOD
         print(f"kernel-observed vectors: server key {conn.server_key:#018x} token "
-              f"{info['token']:#010x} idsn {(info['write_seq'] - 1) % DSN_MOD:#018x}; "
-              f"client key {conn.client_key:#018x} idsn {(info['rcv_nxt'] - 1) % DSN_MOD:#018x}")
+              f"{info.token:#010x} idsn {(info.write_seq - 1) % DSN_MOD:#018x}; "
+              f"client key {conn.client_key:#018x} idsn {(info.rcv_nxt - 1) % DSN_MOD:#018x}")
 
 
 @pytest.mark.parametrize("signal_endpoint", [None, SIGNAL_PORT], indirect=True,
@@ -348,7 +252,7 @@ def test_kernel_add_addr_hmac_matches_ours(lab, listener, raw, signal_endpoint):
 def test_kernel_accepts_our_join(lab, listener, raw):
     conn = mp_capable_handshake(raw, listener)
     with conn.accepted:
-        before_info, before_mib = mptcp_info(conn.accepted), mib(lab.server)
+        before_info, before_mib = mi.mptcp_info(conn.accepted), mptcp_counters(lab.server)
         nonce = secrets.randbits(32)
         mpj, _ = join(conn, raw, nonce)
         # RFC 8684 3.2: HMAC-B = HMAC(Key=(Key-B + Key-A), Msg=(R-B + R-A)), leftmost 64 bits.
@@ -358,12 +262,12 @@ def test_kernel_accepts_our_join(lab, listener, raw):
               f"{conn.client_key:#018x} server nonce {mpj.nonce:#010x} client nonce "
               f"{nonce:#010x} hmac {mpj.truncated_hmac:#018x}")
         joined = wait_for(
-            lambda: mptcp_info(conn.accepted)["subflows"] == before_info["subflows"] + 1)
-        after_mib = mib(lab.server)
+            lambda: mi.mptcp_info(conn.accepted).subflows == before_info.subflows + 1)
+        after_mib = mptcp_counters(lab.server)
         delta = {k: after_mib.get(k, 0) - before_mib.get(k, 0) for k in after_mib}
         assert joined, f"server never counted the joined subflow; MIB delta {delta}"
-        if "subflows_total" in before_info:
-            assert (before_info["subflows_total"], mptcp_info(conn.accepted)["subflows_total"]) == (1, 2)
+        if before_info.subflows_total is not None:   # Linux 6.8 and later
+            assert (before_info.subflows_total, mi.mptcp_info(conn.accepted).subflows_total) == (1, 2)
         assert delta.get("MPJoinSynRx") == 1
         assert delta.get("MPJoinAckRx") == 1
         assert delta.get("MPJoinAckHMacFailure", 0) == 0
@@ -373,9 +277,9 @@ def test_kernel_rejects_a_join_with_a_wrong_hmac(lab, listener, raw):
     # The control for the test above: the kernel does check the third ACK's HMAC.
     conn = mp_capable_handshake(raw, listener)
     with conn.accepted:
-        before_info, before_mib = mptcp_info(conn.accepted), mib(lab.server)
+        before_info, before_mib = mi.mptcp_info(conn.accepted), mptcp_counters(lab.server)
         _, sf = join(conn, raw, secrets.randbits(32), corrupt_hmac=True)
         sf.receive(lambda s: s.flags & TCP_RST)
-        delta = {k: v - before_mib.get(k, 0) for k, v in mib(lab.server).items()}
+        delta = {k: v - before_mib.get(k, 0) for k, v in mptcp_counters(lab.server).items()}
         assert delta.get("MPJoinAckHMacFailure") == 1
-        assert mptcp_info(conn.accepted)["subflows"] == before_info["subflows"]
+        assert mi.mptcp_info(conn.accepted).subflows == before_info.subflows

@@ -17,7 +17,8 @@ import pytest
 
 from mptun.lab import Lab, LabError, PathSpec, teardown
 from mptun.lab.netns import list_namespaces, run, wait_listening
-from mptun.lab.topology import Direction, state_path
+from mptun.lab.spec import Direction
+from mptun.lab.topology import state_path
 from tests.conftest import require_commands
 from tests.netns.conftest import lab_name
 

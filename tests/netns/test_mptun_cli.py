@@ -15,8 +15,8 @@ import pytest
 
 from mptun.lab import PathSpec
 from mptun.lab.netns import ns_argv, run
-from mptun.lab.peer import run_client, socket_in_netns, start_peer
-from tests.netns.mptun_helpers import SERVER, MptunRunner, diff, env, snapshot, wait_gone
+from mptun.lab.peer import socket_in_netns, start_peer
+from tests.netns.mptun_helpers import SERVER, MptunRunner, diff, echo_once, env, snapshot, wait_gone
 
 pytestmark = pytest.mark.netns
 
@@ -44,9 +44,7 @@ def test_down_restores_everything(lab_runner):
     before = snapshot(lab.client)
     r.up("eth0")
     assert "mptun0" in run(lab.client, ["ip", "link"]).stdout
-    with start_peer(lab.server, "echo", 9001) as peer:
-        assert run_client(lab.client, SERVER, 9001, mode="echo", nbytes=100_000, mptcp=False).ok
-        assert peer.wait_connections(1)[0]["mptcp"] is True
+    assert echo_once(lab, 9001, 100_000)["mptcp"] is True
     pid = r.pid()
     out = r.down()
     assert "down" in out.stdout
@@ -59,8 +57,7 @@ def test_sigkill_then_down_leaves_nothing_behind(lab_runner):
     lab, r = lab_runner
     before = snapshot(lab.client)
     r.up("eth0")
-    with start_peer(lab.server, "echo", 9001):
-        assert run_client(lab.client, SERVER, 9001, mode="echo", nbytes=100_000, mptcp=False).ok
+    echo_once(lab, 9001, 100_000)
     pid = r.pid()
     os.kill(pid, signal.SIGKILL)
     assert wait_gone(pid)
@@ -71,9 +68,7 @@ def test_sigkill_then_down_leaves_nothing_behind(lab_runner):
     r.down()
     assert not diff(before, snapshot(lab.client)), diff(before, snapshot(lab.client))
     # Traffic goes direct again: a plain TCP connection works, as plain TCP.
-    with start_peer(lab.server, "echo", 9002) as peer:
-        assert run_client(lab.client, SERVER, 9002, mode="echo", nbytes=10_000, mptcp=False).ok
-        assert peer.wait_connections(1)[0]["mptcp"] is False
+    assert echo_once(lab, 9002, 10_000)["mptcp"] is False
 
 
 def test_not_root(lab_runner):
@@ -119,12 +114,10 @@ def test_up_twice_and_down_twice(lab_runner):
 def test_excluded_destination_goes_direct(lab_runner):
     lab, r = lab_runner
     r.up("eth0", extra=("--exclude", "198.18.100.0/24"))
-    with start_peer(lab.server, "echo", 9001) as peer:
-        assert run_client(lab.client, SERVER, 9001, mode="echo", nbytes=10_000, mptcp=False).ok
-        rec = peer.wait_connections(1)[0]
-        assert rec["mptcp"] is False
-        # Not from mptun's subflow port range: the app's own socket, routed as before.
-        assert rec["peer"][0] == "198.18.1.2" and rec["peer"][1] < 61440
+    rec = echo_once(lab, 9001, 10_000)
+    assert rec["mptcp"] is False
+    # Not from mptun's subflow port range: the app's own socket, routed as before.
+    assert rec["peer"][0] == "198.18.1.2" and rec["peer"][1] < 61440
     assert r.status()["connections"] == []
 
 
@@ -133,8 +126,7 @@ def test_sigterm_with_a_lingering_connection_restores_everything(lab_runner):
     lab, r = lab_runner
     before = snapshot(lab.client)
     r.up("eth0")
-    with start_peer(lab.server, "echo", 9001):
-        assert run_client(lab.client, SERVER, 9001, mode="echo", nbytes=10_000, mptcp=False).ok
+    echo_once(lab, 9001, 10_000)
     assert r.status()["connections"], "the finished connection should still linger"
     pid = r.pid()
     os.kill(pid, signal.SIGTERM)

@@ -15,8 +15,7 @@ import pytest
 
 from mptun.lab import PathSpec
 from mptun.lab.netns import run
-from mptun.lab.peer import (curl_get, curl_put, run_client, run_clients, socket_in_netns, start_peer,
-                            write_pattern_file)
+from mptun.lab.peer import curl_get, curl_put, run_client, run_clients, socket_in_netns, start_peer
 from tests.netns.mptun_helpers import SERVER, MptunRunner, assert_server_happy, server_mib
 
 pytestmark = pytest.mark.netns
@@ -43,10 +42,32 @@ def mptun_lab(make_lab, tmp_path):
         r.stop()
 
 
-def served(tmp_path, nbytes: int, name: str = "file.bin") -> tuple[str, str]:
-    directory = tmp_path / "www"
-    directory.mkdir(exist_ok=True)
-    return str(directory), write_pattern_file(str(directory / name), nbytes)
+def curl_download(lab, tmp_path, nbytes: int, sha: str, timeout: float) -> None:
+    """GET the http peer's file.bin (port 8080) with a plain-TCP curl in the client, through
+    mptun: it must arrive whole and intact."""
+    got = curl_get(lab.client, f"http://{SERVER}:8080/file.bin", str(tmp_path / "out.bin"), mptcp=False,
+                   timeout=timeout)
+    assert got.ok, got.stderr
+    assert (got.size, got.sha256) == (nbytes, sha)
+
+
+def curl_upload(lab, directory: str, sha: str, timeout: float, name: str = "file.bin") -> None:
+    """PUT directory/name to the http peer as up.bin with a plain-TCP curl in the client: the
+    peer answers with the sha256 of what it stored."""
+    put = curl_put(lab.client, f"http://{SERVER}:8080/up.bin", os.path.join(directory, name), mptcp=False,
+                   timeout=timeout)
+    assert put.ok, put.stderr
+    assert put.stdout.strip() == sha
+
+
+def down_and_up(lab, tmp_path, served_file, nbytes: int, timeout: float) -> list[dict]:
+    """A file of nbytes down from the http peer and up again, both through mptun and intact; the
+    server's records of the two connections."""
+    directory, sha = served_file(nbytes)
+    with start_peer(lab.server, "http", 8080, directory=directory) as peer:
+        curl_download(lab, tmp_path, nbytes, sha, timeout)
+        curl_upload(lab, directory, sha, timeout)
+        return peer.wait_connections(2, timeout=30)
 
 
 def only_mptcp_connection(peer, runner):
@@ -59,15 +80,12 @@ def only_mptcp_connection(peer, runner):
     return rec
 
 
-def test_curl_download_100mb_is_mptcp(mptun_lab, tmp_path):
+def test_curl_download_100mb_is_mptcp(mptun_lab, tmp_path, served_file):
     lab, r = mptun_lab()
-    directory, sha = served(tmp_path, 100 * MB)
+    directory, sha = served_file(100 * MB)
     before = server_mib(lab)
     with start_peer(lab.server, "http", 8080, directory=directory) as peer:
-        got = curl_get(lab.client, f"http://{SERVER}:8080/file.bin", str(tmp_path / "out.bin"), mptcp=False,
-                       timeout=120)
-        assert got.ok, got.stderr
-        assert (got.size, got.sha256) == (100 * MB, sha)
+        curl_download(lab, tmp_path, 100 * MB, sha, timeout=120)
         only_mptcp_connection(peer, r)
     assert_server_happy(before, server_mib(lab))
     counters = r.status()["counters"]
@@ -77,15 +95,12 @@ def test_curl_download_100mb_is_mptcp(mptun_lab, tmp_path):
         assert not counters.get(bad), counters
 
 
-def test_curl_upload_100mb_is_mptcp(mptun_lab, tmp_path):
+def test_curl_upload_100mb_is_mptcp(mptun_lab, tmp_path, served_file):
     lab, r = mptun_lab()
-    directory, sha = served(tmp_path, 100 * MB, "src.bin")
+    directory, sha = served_file(100 * MB, "src.bin")
     before = server_mib(lab)
     with start_peer(lab.server, "http", 8080, directory=directory) as peer:
-        got = curl_put(lab.client, f"http://{SERVER}:8080/up.bin", os.path.join(directory, "src.bin"),
-                       mptcp=False, timeout=120)
-        assert got.ok, got.stderr
-        assert got.stdout.strip() == sha
+        curl_upload(lab, directory, sha, timeout=120, name="src.bin")
         rec = only_mptcp_connection(peer, r)
         assert rec["requests"][0]["sha256"] == sha
     assert_server_happy(before, server_mib(lab))
@@ -138,31 +153,22 @@ def test_closed_port_is_refused_at_once_and_silence_times_out(mptun_lab):
     assert modes.get("198.18.100.99:8080") == ("handshake", "connecting")
 
 
-def test_one_percent_loss_50mb_both_ways(mptun_lab, tmp_path):
+def test_one_percent_loss_50mb_both_ways(mptun_lab, tmp_path, served_file):
     lab, r = mptun_lab("rate=200mbit,loss=1%")
-    directory, sha = served(tmp_path, 50 * MB)
     before = server_mib(lab)
-    with start_peer(lab.server, "http", 8080, directory=directory) as peer:
-        got = curl_get(lab.client, f"http://{SERVER}:8080/file.bin", str(tmp_path / "out.bin"), mptcp=False,
-                       timeout=180)
-        assert got.ok, got.stderr
-        assert (got.size, got.sha256) == (50 * MB, sha)
-        put = curl_put(lab.client, f"http://{SERVER}:8080/up.bin", os.path.join(directory, "file.bin"),
-                       mptcp=False, timeout=180)
-        assert put.ok, put.stderr
-        assert put.stdout.strip() == sha
-        records = peer.wait_connections(2, timeout=30)
-        assert all(rec["mptcp"] for rec in records)
+    records = down_and_up(lab, tmp_path, served_file, 50 * MB, timeout=180)
+    assert all(rec["mptcp"] for rec in records)
     assert_server_happy(before, server_mib(lab))
     losses = lab.loss_counters()
     assert sum(losses.values()) > 0, f"the lab dropped nothing: {losses}"
 
 
-def test_a_stalled_reader_gets_every_byte(mptun_lab, tmp_path):
+def test_a_stalled_reader_gets_every_byte(mptun_lab, tmp_path, served_file):
     """The app stops reading: windows close, Linux probes the zero window (mapping the probe byte
-    one DSN below, DESIGN.md), and once the app reads again every byte arrives, in order."""
+    one DSN below: docs/netcfg.md, "Peer behaviour the datapath relies on"), and once the app reads
+    again every byte arrives, in order."""
     lab, r = mptun_lab()
-    directory, sha = served(tmp_path, 30 * MB)
+    directory, sha = served_file(30 * MB)
     with start_peer(lab.server, "http", 8080, directory=directory) as peer:
         s = socket_in_netns(lab.client, mptcp=False)
         with s:
@@ -191,20 +197,12 @@ def test_a_stalled_reader_gets_every_byte(mptun_lab, tmp_path):
         only_mptcp_connection(peer, r)
 
 
-def test_dss_checksums_when_the_server_requires_them(mptun_lab, tmp_path):
+def test_dss_checksums_when_the_server_requires_them(mptun_lab, tmp_path, served_file):
     lab, r = mptun_lab()
     run(lab.server, ["sysctl", "-qw", "net.mptcp.checksum_enabled=1"])
-    directory, sha = served(tmp_path, 20 * MB)
     before = server_mib(lab)
-    with start_peer(lab.server, "http", 8080, directory=directory) as peer:
-        got = curl_get(lab.client, f"http://{SERVER}:8080/file.bin", str(tmp_path / "out.bin"), mptcp=False,
-                       timeout=120)
-        assert got.ok and got.sha256 == sha, got.stderr
-        put = curl_put(lab.client, f"http://{SERVER}:8080/up.bin", os.path.join(directory, "file.bin"),
-                       mptcp=False, timeout=120)
-        assert put.ok and put.stdout.strip() == sha, put.stderr
-        records = peer.wait_connections(2, timeout=30)
-        assert all(rec["mptcp"] and rec["mptcp_info"]["csum_enabled"] for rec in records)
+    records = down_and_up(lab, tmp_path, served_file, 20 * MB, timeout=120)
+    assert all(rec["mptcp"] and rec["mptcp_info"]["csum_enabled"] for rec in records)
     assert_server_happy(before, server_mib(lab))
     assert not r.status()["counters"].get("dss_checksum_failures")
 
@@ -368,7 +366,7 @@ def test_resets_cross_mptun_both_ways(mptun_lab):
     assert counters.get("resets_from_peer", 0) + counters.get("fastclose_from_peer", 0) == 1
 
 
-def test_packets_mptun_sends_fit_the_interface_mtu(mptun_lab, tmp_path):
+def test_packets_mptun_sends_fit_the_interface_mtu(mptun_lab, tmp_path, served_file):
     """The options mptun adds never push a segment past the interface MTU (1500 here).
 
     With TSO and GSO off on eth0 the kernel cuts every super-packet mptun sends into
@@ -380,15 +378,7 @@ def test_packets_mptun_sends_fit_the_interface_mtu(mptun_lab, tmp_path):
         "table inet mtu_check {\n  chain forward {\n    type filter hook forward priority -10; policy accept;\n"
         '    iifname "p0" meta length > 1500 counter comment "oversize"\n'
         '    iifname "p0" meta l4proto tcp counter comment "all"\n  }\n}\n'))
-    directory, sha = served(tmp_path, 20 * MB)
-    with start_peer(lab.server, "http", 8080, directory=directory) as peer:
-        got = curl_get(lab.client, f"http://{SERVER}:8080/file.bin", str(tmp_path / "out.bin"), mptcp=False,
-                       timeout=120)
-        put = curl_put(lab.client, f"http://{SERVER}:8080/up.bin", os.path.join(directory, "file.bin"),
-                       mptcp=False, timeout=120)
-        records = peer.wait_connections(2, timeout=30)
-    assert got.ok and (got.size, got.sha256) == (20 * MB, sha), got.stderr
-    assert put.ok and put.stdout.strip() == sha, put.stderr
+    records = down_and_up(lab, tmp_path, served_file, 20 * MB, timeout=120)
     assert all(rec["mptcp"] for rec in records)
     counts = {}
     for line in run(lab.router, ["nft", "list", "table", "inet", "mtu_check"]).stdout.splitlines():

@@ -6,6 +6,7 @@ found them: after a clean close, after SIGKILL, and after a failure at any step.
 Strict rp_filter is on in the client throughout, as on many distributions.
 """
 
+import contextlib
 import errno
 import json
 import os
@@ -23,10 +24,16 @@ import pytest
 
 import mptun.netcfg.apply as apply_mod
 from mptun.lab import PathSpec
+from mptun.lab.kstats import parse_netstat
 from mptun.lab.netns import run
 from mptun.netcfg import NetConfig, NetcfgError, build_plan, discover, down, is_up, resolve_gateway_mac, up
 from mptun.netcfg.journal import journal_path
 from mptun.netcfg.netns import entered
+from mptun.wire.mptcp import parse_options
+from mptun.wire.tcpip import TCP_ACK as ACK
+from mptun.wire.tcpip import TCP_SYN as SYN
+from mptun.wire.tcpip import (IPPROTO_TCP, Ipv4Header, MalformedPacket, Mss, TcpHeader, build_packet,
+                              internet_checksum)
 
 pytestmark = pytest.mark.netns
 
@@ -35,7 +42,6 @@ SERVER = "198.18.100.2"
 IFACES = ["eth0", "eth1"]
 TUN_ADDR, SUB0, SUB1 = "198.19.0.1", "198.19.64.1", "198.19.64.2"
 FAKE_PEER = "198.19.128.7"
-SYN, ACK = 0x02, 0x10
 LIVENESS = 10.0   # seconds to wait for a packet that must come; never a timing assertion
 
 
@@ -80,47 +86,24 @@ def route_get(ns, args):
     return sh(ns, f"ip route get {args}").split("\n")[0]
 
 
-def checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
-
 def tcp_packet(src, dst, sport, dport, seq, ack, flags, options=b""):
     """An IPv4 TCP segment with correct checksums (the kernel verifies them: no offload flags)."""
-    off = (20 + len(options)) // 4
-    tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, off << 4, flags, 65535, 0, 0) + options
-    pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, 6, len(tcp))
-    tcp = tcp[:16] + struct.pack("!H", checksum(pseudo + tcp)) + tcp[18:]
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0x4000, 64, 6, 0,
-                     socket.inet_aton(src), socket.inet_aton(dst))
-    ip = ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:]
-    return ip + tcp
+    tcp = TcpHeader(sport, dport, seq, ack, flags, options=options)
+    return build_packet(IPv4Address(src), IPv4Address(dst), tcp)
 
 
 def parse_tcp(pkt):
-    if len(pkt) < 40 or pkt[0] >> 4 != 4 or pkt[9] != 6:
+    """The fields of an IPv4 TCP packet the tests look at; None for anything else."""
+    try:
+        ip = Ipv4Header.parse(pkt)
+        tcp = TcpHeader.parse(pkt[ip.buffer_len:]) if ip.protocol == IPPROTO_TCP else None
+    except MalformedPacket:
         return None
-    ihl = (pkt[0] & 0xF) * 4
-    sport, dport, seq, ack, off, flags = struct.unpack("!HHIIBB", pkt[ihl:ihl + 14])
-    opts = pkt[ihl + 20:ihl + (off >> 4) * 4]
-    mss = None
-    i = 0
-    while i < len(opts):
-        kind = opts[i]
-        if kind == 0:
-            break
-        if kind == 1:
-            i += 1
-            continue
-        if kind == 2 and i + 4 <= len(opts):
-            mss = struct.unpack("!H", opts[i + 2:i + 4])[0]
-        i += max(opts[i + 1], 2)
-    return dict(src=socket.inet_ntoa(pkt[12:16]), dst=socket.inet_ntoa(pkt[16:20]), sport=sport, dport=dport,
-                seq=seq, ack=ack, flags=flags, mss=mss, raw=bytes(pkt))
+    if tcp is None:
+        return None
+    mss = parse_options(tcp.options).first(Mss)
+    return dict(src=str(ip.src), dst=str(ip.dst), sport=tcp.src_port, dport=tcp.dst_port, seq=tcp.seq,
+                ack=tcp.ack, flags=tcp.flags & 0xFF, mss=mss.value if mss else None, raw=bytes(pkt))
 
 
 def tun_packets(tun):
@@ -154,16 +137,14 @@ def write_tun(tun, pkt):
 def icmp_unreachable(src, dst, quoted, code=3):
     """ICMP destination unreachable (port unreachable by default) about `quoted`."""
     body = struct.pack("!BBHI", 3, code, 0, 0) + quoted[:28]
-    body = body[:2] + struct.pack("!H", checksum(body)) + body[4:]
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(body), 0, 0, 64, 1, 0,
-                     socket.inet_aton(src), socket.inet_aton(dst))
-    return ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:] + body
+    body = body[:2] + struct.pack("!H", internet_checksum(body)) + body[4:]
+    ip = Ipv4Header(IPv4Address(src), IPv4Address(dst), len(body), protocol=socket.IPPROTO_ICMP, flags=0)
+    return ip.emit() + body
 
 
 def rp_filter_drops(ns):
     """The namespace's count of packets dropped by reverse path filtering."""
-    lines = [l.split() for l in sh(ns, "cat /proc/net/netstat").splitlines() if l.startswith("TcpExt:")]
-    return int(dict(zip(lines[0], lines[1]))["IPReversePathFilter"])
+    return parse_netstat(sh(ns, "cat /proc/net/netstat"))["TcpExt"]["IPReversePathFilter"]
 
 
 def wait_rp_filter_drops(ns, n):
@@ -309,7 +290,7 @@ def test_packets_reach_the_tun_fd_end_to_end(lab, jdir):
         assert (syn["src"], syn["dst"], syn["sport"]) == (TUN_ADDR, SERVER, sport)
         assert syn["mss"] == 65535 - 40   # the local leg: TUN MTU 65535
         write_tun(tun, tcp_packet(SERVER, TUN_ADDR, 80, sport, 5000, syn["seq"] + 1, SYN | ACK,
-                                  options=struct.pack("!BBH", 2, 4, 1460)))
+                                  options=Mss(1460).emit()))
         wait_connected(app)
         read_tun_until(tun, lambda p: p["sport"] == sport and p["flags"] == ACK and p["ack"] == 5001)
 
@@ -333,7 +314,7 @@ def test_packets_reach_the_tun_fd_end_to_end(lab, jdir):
             syn = read_tun_until(tun, lambda p: p["sport"] == port and p["flags"] & SYN)
             assert (syn["src"], syn["dst"], syn["mss"]) == (sub, SERVER, 1460)
             write_tun(tun, tcp_packet(SERVER, sub, 80, port, 7000, syn["seq"] + 1, SYN | ACK,
-                                      options=struct.pack("!BBH", 2, 4, 1460)))
+                                      options=Mss(1460).emit()))
             wait_connected(s)
 
         # NAT leg: a SYN from a fake peer to the listener, written into the TUN,
@@ -342,7 +323,7 @@ def test_packets_reach_the_tun_fd_end_to_end(lab, jdir):
         socks.append(lst)
         lst.listen(4)
         write_tun(tun, tcp_packet(FAKE_PEER, TUN_ADDR, 50000, 40000, 9000, 0, SYN,
-                                  options=struct.pack("!BBH", 2, 4, 1460)))
+                                  options=Mss(1460).emit()))
         synack = read_tun_until(tun, lambda p: p["dport"] == 50000)
         assert (synack["src"], synack["dst"], synack["sport"], synack["flags"], synack["ack"]) == \
             (TUN_ADDR, FAKE_PEER, 40000, SYN | ACK, 9001)
@@ -372,26 +353,29 @@ def test_packets_reach_the_tun_fd_end_to_end(lab, jdir):
     assert_same(before, snapshot(ns))
 
 
-def start_daemon(ns, jdir):
-    """A child process that applies the configuration and holds the TUN fd."""
+@contextlib.contextmanager
+def holding_the_tun(ns, jdir):
+    """Within the block, a child process has applied the configuration and holds the TUN fd;
+    at its end the child is SIGKILLed."""
     code = (f"import time\nfrom mptun.netcfg import NetConfig, up\n"
             f"a = up(NetConfig({IFACES!r}), netns_name={ns!r}, journal_dir={jdir!r})\n"
             f"print('ready', flush=True)\ntime.sleep(3600)\n")
-    return subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        yield child
+    finally:
+        child.kill()
+        child.wait()
+        child.stdout.close()
 
 
 def test_down_after_sigkill_restores_everything(lab, jdir):
     ns = lab.client
     before = snapshot(ns)
-    child = start_daemon(ns, jdir)
-    try:
-        assert child.stdout.readline().strip() == "ready"
+    with holding_the_tun(ns, jdir):
         assert "mptun0" in sh(ns, "ip link show mptun0")
         assert "dev mptun0" in route_get(ns, f"{SERVER} ipproto tcp")
-    finally:
-        child.kill()
-        child.wait()
-        child.stdout.close()
     # Fail-open: the TUN went with its process; TCP goes direct although the rules remain.
     assert sh(ns, "ip link show mptun0") == ""
     assert "dev eth0" in route_get(ns, f"{SERVER} ipproto tcp")
@@ -405,16 +389,10 @@ def test_down_after_sigkill_restores_everything(lab, jdir):
 def test_down_from_another_process_while_the_tun_is_held(lab, jdir):
     ns = lab.client
     before = snapshot(ns)
-    child = start_daemon(ns, jdir)
-    try:
-        assert child.stdout.readline().strip() == "ready"
+    with holding_the_tun(ns, jdir) as child:
         assert down("mptun0", journal_dir=jdir) == []
         assert_same(before, snapshot(ns))
         assert child.poll() is None   # the holder is still running; its TUN is gone
-    finally:
-        child.kill()
-        child.wait()
-        child.stdout.close()
     assert_same(before, snapshot(ns))
 
 
@@ -432,14 +410,12 @@ def _plan_length(ns):
 # it did), or "create": right after the k-th os call inside Journal.create. Prints "done" if
 # up finished first.
 _KILLED_UP = """
-import os, signal, sys
+import sys
 import mptun.netcfg.apply as A
 import mptun.netcfg.journal as J
 from mptun.netcfg import NetConfig, up
+from tests.unit.kill_points import die, killed_after_os_call
 where, k, ns, jdir, ifaces = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5:]
-
-def die(*_):
-    os.kill(os.getpid(), signal.SIGKILL)
 
 if where in ("before", "after"):
     n = [0]
@@ -452,26 +428,10 @@ if where in ("before", "after"):
         return orig(self, op)
     A._Executor.do = do
 else:
-    calls = [0]
-    class KillingOs:
-        def __getattr__(self, name):
-            f = getattr(os, name)
-            if not callable(f):
-                return f
-            def call(*a, **kw):
-                r = f(*a, **kw)
-                if calls[0] == k:
-                    die()
-                calls[0] += 1
-                return r
-            return call
     create = J.Journal.create.__func__
     def killing_create(cls, path, header):
-        J.os = KillingOs()
-        try:
+        with killed_after_os_call(J, k):
             return create(cls, path, header)
-        finally:
-            J.os = os
     J.Journal.create = classmethod(killing_create)
 up(NetConfig(ifaces), netns_name=ns, journal_dir=jdir)
 print("done", flush=True)

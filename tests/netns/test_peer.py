@@ -4,14 +4,13 @@ Each transfer is checked by sha256 on both ends, and by what the server's kernel
 (MPTCP or fallback, subflows and their addresses) and, where it says more, by ss and the MIB.
 """
 
-import os
-import secrets
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from mptun.lab import kstats as ks
 from mptun.lab import mptcpinfo as mi
-from mptun.lab.netns import run
+from mptun.lab.netns import Namespaces, run
 from mptun.lab.peer import (connect_in_netns, curl_get, curl_put, pattern_sha256, run_client,
                             run_clients, sha256_file, start_peer, write_pattern_file)
 from tests.conftest import require_commands, require_root
@@ -30,58 +29,23 @@ def next_port() -> int:
     return next(_ports)
 
 
-class Pair:
-    """Two namespaces, client and server, joined by one veth pair (optionally a second)."""
-
-    def __init__(self):
-        tag = secrets.token_hex(3)
-        self.client = f"mpt-p{tag}-c"
-        self.server = f"mpt-p{tag}-s"
-        self.client_dev_b = self.server_dev_b = None
-
-    def up(self, second_path: bool = False) -> "Pair":
-        run(None, ["ip", "netns", "add", self.client])
-        run(None, ["ip", "netns", "add", self.server])
-        for ns in (self.client, self.server):
-            run(ns, ["ip", "link", "set", "lo", "up"])
-        self._link("ca", "sa", CLIENT_IP, SERVER_IP, CLIENT_IP6, SERVER_IP6)
-        if second_path:
-            self._link("cb", "sb", CLIENT_IP_B, SERVER_IP_B)
-            self.client_dev_b, self.server_dev_b = "cb", "sb"
-            # The join from 198.18.242.1 must really leave through the second link.
-            run(self.client, ["ip", "rule", "add", "from", CLIENT_IP_B, "table", "242"])
-            run(self.client, ["ip", "route", "add", "198.18.241.0/24", "dev", "cb", "src", CLIENT_IP_B,
-                              "table", "242"])
-            run(self.client, ["ip", "mptcp", "endpoint", "add", CLIENT_IP_B, "dev", "cb", "subflow"])
-            for ns in (self.client, self.server):
-                run(ns, ["ip", "mptcp", "limits", "set", "subflows", "2", "add_addr_accepted", "2"])
-        return self
-
-    def _link(self, cdev, sdev, cip, sip, cip6=None, sip6=None):
-        run(None, ["ip", "link", "add", cdev, "netns", self.client, "type", "veth",
-                   "peer", "name", sdev, "netns", self.server])
-        run(self.client, ["ip", "addr", "add", f"{cip}/24", "dev", cdev])
-        run(self.server, ["ip", "addr", "add", f"{sip}/24", "dev", sdev])
-        if cip6:
-            run(self.client, ["ip", "addr", "add", f"{cip6}/64", "dev", cdev, "nodad"])
-            run(self.server, ["ip", "addr", "add", f"{sip6}/64", "dev", sdev, "nodad"])
-        run(self.client, ["ip", "link", "set", cdev, "up"])
-        run(self.server, ["ip", "link", "set", sdev, "up"])
-
-    def down(self):
-        for ns in (self.client, self.server):
-            if os.path.exists(f"/run/netns/{ns}"):
-                run(None, ["ip", "netns", "del", ns], check=False)
-
-
 def _pair(second_path: bool):
+    """Two namespaces, client and server, joined by one veth pair (and a second one for two_paths)."""
     require_root()
     require_commands("ip", "ss")
-    pair = Pair()
-    try:
-        yield pair.up(second_path)
-    finally:
-        pair.down()
+    with Namespaces("mpt-p", "client", "server") as pair:
+        pair.veth("client", "ca", "server", "sa", [f"{CLIENT_IP}/24", f"{CLIENT_IP6}/64"],
+                  [f"{SERVER_IP}/24", f"{SERVER_IP6}/64"])
+        if second_path:
+            pair.veth("client", "cb", "server", "sb", [f"{CLIENT_IP_B}/24"], [f"{SERVER_IP_B}/24"])
+            # The join from 198.18.242.1 must really leave through the second link.
+            run(pair.client, ["ip", "rule", "add", "from", CLIENT_IP_B, "table", "242"])
+            run(pair.client, ["ip", "route", "add", "198.18.241.0/24", "dev", "cb", "src", CLIENT_IP_B,
+                              "table", "242"])
+            run(pair.client, ["ip", "mptcp", "endpoint", "add", CLIENT_IP_B, "dev", "cb", "subflow"])
+            for ns in (pair.client, pair.server):
+                run(ns, ["ip", "mptcp", "limits", "set", "subflows", "2", "add_addr_accepted", "2"])
+        yield pair
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +73,16 @@ def peer(pair):
         server.stop()
 
 
+@pytest.fixture
+def http_peer(peer, served_file):
+    """http_peer(nbytes, name) -> (an http PeerServer serving one pattern file, the file's sha256)."""
+    def start(nbytes, name="f.bin"):
+        directory, sha = served_file(nbytes, name)
+        return peer("http", directory=directory), sha
+
+    return start
+
+
 def only_connection(server, timeout=30):
     records = server.wait_connections(1, timeout)
     assert len(records) == 1, records
@@ -121,7 +95,7 @@ def only_connection(server, timeout=30):
 
 def test_mptcp_client_to_sink(pair, peer):
     server = peer("sink")
-    before = mi.mptcp_counters(pair.server)
+    before = ks.mptcp_counters(pair.server)
     result = run_client(pair.client, SERVER_IP, server.port, mode="sink", nbytes=5 * MB)
     assert result.ok, result.error
     assert result.mptcp is True
@@ -136,7 +110,7 @@ def test_mptcp_client_to_sink(pair, peer):
     assert rec["peer"] == list(result.local) and rec["local"] == [SERVER_IP, server.port]
     assert isinstance(rec["token"], int) and rec["mptcp_info"]["remote_key_received"]
 
-    delta = mi.counters_delta(before, mi.mptcp_counters(pair.server))
+    delta = ks.counters_delta(before, ks.mptcp_counters(pair.server))
     assert delta.get("MPCapableSYNRX") == 1 and delta.get("MPCapableACKRX") == 1
     for bad in ("MPCapableFallbackACK", "DSSNotMatching", "InfiniteMapRx", "NoDSSInWindow"):
         assert bad not in delta
@@ -178,14 +152,14 @@ def test_plain_client_against_mptcp_server_is_fallback(pair, peer):
 
 def test_plain_server_with_mptcp_client_falls_back(pair, peer):
     server = peer("sink", plain=True)
-    before = mi.mptcp_counters(pair.client)
+    before = ks.mptcp_counters(pair.client)
     result = run_client(pair.client, SERVER_IP, server.port, mode="sink", nbytes=MB, mptcp=True)
     assert result.ok, result.error
     assert result.mptcp is False and result.raw["socket_protocol"] == "mptcp"
     rec = only_connection(server)
     assert rec["mptcp"] is False and rec["plain_listener"] is True
     assert rec["sha256_in"] == pattern_sha256(MB)
-    delta = mi.counters_delta(before, mi.mptcp_counters(pair.client))
+    delta = ks.counters_delta(before, ks.mptcp_counters(pair.client))
     assert delta.get("MPCapableFallbackSYNACK") == 1
 
 
@@ -211,15 +185,15 @@ def test_readers_and_ss_on_live_connections(pair, peer):
         assert full.num_subflows == 1 and full.subflows[0].addrs == addrs
         assert full.subflows[0].tcp.bytes_received == 4
 
-        client_view = mi.group_ss_subflows(mi.ss_mptcp(pair.client))
+        client_view = ks.group_ss_subflows(ks.ss_mptcp(pair.client))
         (conn,) = [c for c in client_view if c["local"] == mptcp_sock.getsockname()]
         assert conn["token"] == info.token and conn["remote_key"]
         assert [s["subflow"]["flags"] for s in conn["subflow_sockets"]] == ["Mmec"]
 
-        server_entries = mi.ss_mptcp(pair.server)
+        server_entries = ks.ss_mptcp(pair.server)
         plain_entry = [e for e in server_entries if e["peer"] == plain_sock.getsockname()]
         assert [e["netid"] for e in plain_entry] == ["tcp"] and plain_entry[0]["subflow"] is None
-        (server_conn,) = [c for c in mi.group_ss_subflows(server_entries)
+        (server_conn,) = [c for c in ks.group_ss_subflows(server_entries)
                           if c["peer"] == mptcp_sock.getsockname()]
         assert not server_conn["mptcp_fallback"] and len(server_conn["subflow_sockets"]) == 1
     finally:
@@ -229,12 +203,9 @@ def test_readers_and_ss_on_live_connections(pair, peer):
     assert sorted(r["mptcp"] for r in records) == [False, True]
 
 
-def test_http_get_20mb_with_mptcpize_curl(pair, peer, tmp_path):
+def test_http_get_20mb_with_mptcpize_curl(pair, http_peer, tmp_path):
     require_commands("curl", "mptcpize")
-    served = tmp_path / "www"
-    served.mkdir()
-    sha = write_pattern_file(str(served / "big.bin"), 20 * MB)
-    server = peer("http", directory=str(served))
+    server, sha = http_peer(20 * MB, "big.bin")
     out = tmp_path / "got.bin"
     got = curl_get(pair.client, f"http://{SERVER_IP}:{server.port}/big.bin", str(out), mptcp=True)
     assert got.ok, got.stderr
@@ -262,12 +233,9 @@ def test_http_put_upload(pair, peer, tmp_path):
     assert rec["requests"][0]["method"] == "PUT" and rec["requests"][0]["status"] == 201
 
 
-def test_http_concurrent_gets(pair, peer, tmp_path):
+def test_http_concurrent_gets(pair, http_peer, tmp_path):
     require_commands("curl", "mptcpize")
-    served = tmp_path / "www"
-    served.mkdir()
-    sha = write_pattern_file(str(served / "f.bin"), 2 * MB)
-    server = peer("http", directory=str(served))
+    server, sha = http_peer(2 * MB, "f.bin")
     url = f"http://{SERVER_IP}:{server.port}/f.bin"
     with ThreadPoolExecutor(max_workers=10) as pool:
         gots = list(pool.map(lambda i: curl_get(pair.client, url, str(tmp_path / f"got{i}")), range(10)))
@@ -277,12 +245,9 @@ def test_http_concurrent_gets(pair, peer, tmp_path):
     assert all(r["error"] is None and r["mptcp"] is True and r["sha256_out"] == sha for r in records)
 
 
-def test_http_get_without_mptcp_is_fallback(pair, peer, tmp_path):
+def test_http_get_without_mptcp_is_fallback(pair, http_peer, tmp_path):
     require_commands("curl")
-    served = tmp_path / "www"
-    served.mkdir()
-    sha = write_pattern_file(str(served / "f.bin"), MB)
-    server = peer("http", directory=str(served))
+    server, sha = http_peer(MB, "f.bin")
     got = curl_get(pair.client, f"http://{SERVER_IP}:{server.port}/f.bin", str(tmp_path / "f"),
                    mptcp=False)
     assert got.ok and got.sha256 == sha
@@ -308,12 +273,9 @@ def test_ipv6_plain_client_fallback_errno(pair, peer):
     assert rec["mptcp"] is False and rec["fallback_errno"] == "ENOPROTOOPT"
 
 
-def test_ipv6_http_get_with_curl(pair, peer, tmp_path):
+def test_ipv6_http_get_with_curl(pair, http_peer, tmp_path):
     require_commands("curl", "mptcpize")
-    served = tmp_path / "www"
-    served.mkdir()
-    sha = write_pattern_file(str(served / "f.bin"), 2 * MB)
-    server = peer("http", directory=str(served))
+    server, sha = http_peer(2 * MB, "f.bin")
     got = curl_get(pair.client, f"http://[{SERVER_IP6}]:{server.port}/f.bin", str(tmp_path / "f"))
     assert got.ok, got.stderr
     assert got.sha256 == sha
@@ -357,13 +319,13 @@ def _assert_two_subflows(rec, port):
 def test_two_subflows_upload_50mb(two_paths):
     server = start_peer(two_paths.server, "sink", next_port())
     try:
-        before = mi.mptcp_counters(two_paths.server)
+        before = ks.mptcp_counters(two_paths.server)
         result = run_client(two_paths.client, SERVER_IP, server.port, mode="sink", nbytes=50 * MB)
         assert result.ok, result.error
         rec = only_connection(server, timeout=60)
         assert rec["bytes_in"] == 50 * MB and rec["sha256_in"] == pattern_sha256(50 * MB)
         _assert_two_subflows(rec, server.port)
-        delta = mi.counters_delta(before, mi.mptcp_counters(two_paths.server))
+        delta = ks.counters_delta(before, ks.mptcp_counters(two_paths.server))
         assert delta.get("MPJoinSynRx") == 1 and delta.get("MPJoinAckRx") == 1
         for bad in ("DSSNotMatching", "InfiniteMapRx", "NoDSSInWindow", "MPCapableFallbackACK"):
             assert bad not in delta

@@ -20,6 +20,11 @@ from mptun.wire.mptcp import (
     MpTcpRst,
     RemoveAddr,
 )
+from mptun.wire.tcpip import TCP_ACK as ACK
+from mptun.wire.tcpip import TCP_FIN as FIN
+from mptun.wire.tcpip import TCP_PSH as PSH
+from mptun.wire.tcpip import TCP_RST as RST
+from mptun.wire.tcpip import TCP_SYN as SYN
 from mptun.wire.tcpip import Mss, Reason, Sack, SackPermitted, Timestamps, UnknownOption, WindowScale
 
 KEY_A = 0xA1A2A3A4A5A6A7A8
@@ -204,7 +209,6 @@ class LinuxCapture:
         return bytes.fromhex(self.hex)
 
 
-SYN, ACK, PSH, FIN, RST = 0x02, 0x10, 0x08, 0x01, 0x04
 LINUX = [
     LinuxCapture("mpc_syn", SYN, "020405b4 0402 080a abf95097 00000000 01 03030a 1e040101",
                  {"mss": 1460, "wscale": 10, "tsval": 0xABF95097, "mpc_form": 1, "mpc_version": 1, "mpc_flags": 0x01}),

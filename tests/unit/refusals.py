@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from mptun import impl
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -37,3 +39,18 @@ def not_refused_under_python_O(module, test_module):
     proc = subprocess.run([sys.executable, "-O", "-c", code], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.strip()
+
+
+def refusal_tests(module, test_module, bad_calls):
+    """The two tests of a BAD_CALLS list: each call raises ValueError on both twins of `module`,
+    and still does under `python -O`. Assign them to test_* names in `test_module`."""
+
+    @pytest.mark.parametrize("label, call", bad_calls, ids=[c[0] for c in bad_calls])
+    def raises_value_error(impl_kind, label, call):
+        with pytest.raises(ValueError):
+            call(impl.load(module, impl_kind))
+
+    def raises_value_error_under_python_O():
+        assert not_refused_under_python_O(module, test_module) == "1 {'fast': [], 'pure': []}"
+
+    return raises_value_error, raises_value_error_under_python_O

@@ -159,15 +159,10 @@ def test_fill_of_middle_hole_merges_neighbours(asm):
     assert asm.ranges() == [(START + 2, START + 10)]
 
 
-def test_range_touching_the_next_range_merges(asm):
-    asm.insert(*seg(6, 2))
-    assert asm.insert(*seg(3, 3)) == 3
-    assert asm.ranges() == [(START + 3, START + 8)]
-
-
-def test_range_touching_the_previous_range_merges(asm):
-    asm.insert(*seg(3, 3))
-    assert asm.insert(*seg(6, 2)) == 2
+@pytest.mark.parametrize("held, new", [((6, 2), (3, 3)), ((3, 3), (6, 2))], ids=["next", "previous"])
+def test_range_touching_a_held_range_merges(asm, held, new):
+    asm.insert(*seg(*held))
+    assert asm.insert(*seg(*new)) == new[1]
     assert asm.ranges() == [(START + 3, START + 8)]
 
 
@@ -258,7 +253,8 @@ def test_duplicate_of_delivered_data_is_discarded(asm):
 
 
 def test_zero_window_probe_mapped_one_below_is_discarded(asm):
-    # Linux's probe carries the byte at snd_una but maps it to DSN snd_una - 1 (DESIGN.md).
+    # Linux's probe carries the byte at snd_una but maps it to DSN snd_una - 1 (docs/netcfg.md,
+    # "Peer behaviour the datapath relies on").
     asm.insert(*seg(0, 4))
     asm.read(4)
     assert asm.insert(START + 3, STREAM[4:5]) == 0

@@ -9,7 +9,7 @@ from scapy.utils import checksum as scapy_checksum
 
 from mptun import impl
 from tests.unit.reference import ref_checksum, ref_sum
-from tests.unit.refusals import not_refused_under_python_O
+from tests.unit.refusals import refusal_tests
 
 
 # impl_kind is a plain string, safe to share between generated examples; no deadline, since
@@ -334,14 +334,8 @@ BAD_CALLS = [
 ]
 
 
-@pytest.mark.parametrize("label, call", BAD_CALLS, ids=[c[0] for c in BAD_CALLS])
-def test_bad_lengths_and_offsets_raise_value_error(ck, label, call):
-    with pytest.raises(ValueError):
-        call(ck)
-
-
-def test_bad_lengths_and_offsets_raise_value_error_under_python_O():
-    assert not_refused_under_python_O('checksum', 'tests.unit.test_checksum') == "1 {'fast': [], 'pure': []}"
+(test_bad_lengths_and_offsets_raise_value_error,
+ test_bad_lengths_and_offsets_raise_value_error_under_python_O) = refusal_tests("checksum", __name__, BAD_CALLS)
 
 
 def test_complete_partial_leaves_the_buffer_alone_when_refused(ck):

@@ -3,7 +3,8 @@
 import pytest
 
 from mptun.lab import Lab, PathSpec
-from mptun.lab.topology import Direction, path_addrs
+from mptun.lab.spec import Direction
+from mptun.lab.topology import path_addrs
 
 
 def test_bad_specs_are_refused_before_anything_is_built():

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mptun.wire import mptcp as w
-from mptun.wire.tcpip import Eol, MalformedOption, Mss, Nop, Reason, Sack, Timestamps, UnknownOption
+from mptun.wire.tcpip import Eol, MalformedOption, Mss, Nop, Reason, Sack, SackPermitted, Timestamps, UnknownOption
 
 from tests.unit.fixtures_mptcp import (
     LINUX,
@@ -226,18 +226,19 @@ def test_parse_options_keeps_order_offsets_and_unknown_kinds():
     assert parsed.offsets == (0, 1, 2, 12, 16, 24, 27)
     assert parsed.end == 27 and parsed.trailing == b"\x00\x00"
     assert parsed.mptcp == (w.Dss(data_ack=0x11223344, data_ack_64=False), w.MpPrio(True))
-    assert parsed.timestamps == Timestamps(1, 2) and parsed.mss is None and not parsed.sack_permitted
+    assert parsed.first(Timestamps) == Timestamps(1, 2) and parsed.first(Mss) is None
+    assert parsed.first(SackPermitted) is None
     assert parsed.emit() == area
 
 
 def test_parse_options_first_of_a_repeated_plain_option_wins():
     parsed = w.parse_options(Mss(1000).emit() + Mss(1400).emit())
-    assert parsed.mss == Mss(1000) and parsed.error == Reason.OK
+    assert parsed.first(Mss) == Mss(1000) and parsed.error == Reason.OK
 
 
 def test_parse_options_keeps_walking_after_a_malformed_suboption():
     parsed = w.parse_options(bytes.fromhex("1e 04 90 00 02 04 05b4"))
-    assert parsed.error == Reason.UNKNOWN_SUBTYPE and parsed.mss == Mss(1460)
+    assert parsed.error == Reason.UNKNOWN_SUBTYPE and parsed.first(Mss) == Mss(1460)
 
 
 def test_parse_options_of_nothing():
@@ -246,7 +247,7 @@ def test_parse_options_of_nothing():
 
 
 def test_sack_blocks():
-    assert w.parse_options(bytes.fromhex("0101 050a 00000010 00000020")).sack == Sack(((16, 32),))
+    assert w.parse_options(bytes.fromhex("0101 050a 00000010 00000020")).first(Sack) == Sack(((16, 32),))
 
 
 @given(st.binary(max_size=60))

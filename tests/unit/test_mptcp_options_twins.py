@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mptun import impl
-from tests.unit.refusals import not_refused_under_python_O
+from tests.unit.refusals import refusal_tests
 from mptun.wire import mptcp as w
 from mptun.wire.tcpip import Reason
 
@@ -255,14 +255,8 @@ BAD_CALLS = [
 ]
 
 
-@pytest.mark.parametrize("label, call", BAD_CALLS, ids=[c[0] for c in BAD_CALLS])
-def test_bad_hmac_and_address_lengths_raise_value_error(opt, label, call):
-    with pytest.raises(ValueError):
-        call(opt)
-
-
-def test_bad_hmac_and_address_lengths_raise_value_error_under_python_O():
-    assert not_refused_under_python_O('mptcpopt', 'tests.unit.test_mptcp_options_twins') == "1 {'fast': [], 'pure': []}"
+(test_bad_hmac_and_address_lengths_raise_value_error,
+ test_bad_hmac_and_address_lengths_raise_value_error_under_python_O) = refusal_tests("mptcpopt", __name__, BAD_CALLS)
 
 
 def test_good_hmac_and_address_lengths_still_emit(opt):

@@ -1,4 +1,4 @@
-"""Decoders of mptun.lab.mptcpinfo on bytes and text captured from kernel 6.18 / iproute2 6.1.
+"""Decoders of mptun.lab.mptcpinfo and mptun.lab.kstats on bytes and text captured from kernel 6.18 / iproute2 6.1.
 
 The captures come from one MPTCP connection with two subflows (198.18.241.1 and 198.18.242.1 ->
 198.18.241.2:6000), an IPv6 one, an MPTCP client against a plain server (fallback) and a plain
@@ -11,6 +11,7 @@ import struct
 
 import pytest
 
+from mptun.lab import kstats as ks
 from mptun.lab import mptcpinfo as mi
 from mptun.lab.peerserver import PATTERN_BLOCK, pattern_blocks, pattern_sha256
 
@@ -292,9 +293,9 @@ def test_full_info_with_arrays_shorter_than_the_subflows():
 
 
 def test_ss_server_two_subflows():
-    entries = mi.parse_ss(SS_SERVER_TWO_SUBFLOWS)
+    entries = ks.parse_ss(SS_SERVER_TWO_SUBFLOWS)
     assert [e["netid"] for e in entries] == ["tcp", "tcp", "mptcp"]
-    (conn,) = mi.group_ss_subflows(entries)
+    (conn,) = ks.group_ss_subflows(entries)
     assert conn["token"] == SERVER_TOKEN and conn["remote_key"] and not conn["mptcp_fallback"]
     assert conn["subflows"] == 1 and conn["info"]["subflows_max"] == 2
     assert conn["info"]["write_seq"] == mi.parse_mptcp_info(SERVER_MPTCP_INFO).write_seq
@@ -305,7 +306,7 @@ def test_ss_server_two_subflows():
 
 
 def test_ss_subflow_fields():
-    join = mi.parse_ss(SS_SERVER_TWO_SUBFLOWS)[0]
+    join = ks.parse_ss(SS_SERVER_TWO_SUBFLOWS)[0]
     sub = join["subflow"]
     assert sub["token_local"] == SERVER_TOKEN and sub["token_remote"] == 0
     assert (sub["id_remote"], sub["id_local"]) == (1, 0)
@@ -316,8 +317,8 @@ def test_ss_subflow_fields():
 
 
 def test_ss_client_side_strips_the_bound_device():
-    entries = mi.parse_ss(SS_CLIENT_TWO_SUBFLOWS)
-    (conn,) = mi.group_ss_subflows(entries)
+    entries = ks.parse_ss(SS_CLIENT_TWO_SUBFLOWS)
+    (conn,) = ks.group_ss_subflows(entries)
     assert conn["token"] == CLIENT_TOKEN
     locals_ = sorted(s["local"] for s in conn["subflow_sockets"])
     assert locals_ == [("198.18.241.1", 50566), ("198.18.242.1", 50213)]  # was 198.18.242.1%cb
@@ -326,8 +327,8 @@ def test_ss_client_side_strips_the_bound_device():
 
 
 def test_ss_client_fallback():
-    entries = mi.parse_ss(SS_CLIENT_FALLBACK)
-    (conn,) = mi.group_ss_subflows(entries)
+    entries = ks.parse_ss(SS_CLIENT_FALLBACK)
+    (conn,) = ks.group_ss_subflows(entries)
     assert conn["mptcp_fallback"] and not conn["remote_key"]
     (sub,) = conn["subflow_sockets"]
     assert "M" not in sub["subflow"]["flags"]  # the SYN/ACK carried no MP_CAPABLE
@@ -335,22 +336,22 @@ def test_ss_client_fallback():
 
 
 def test_ss_plain_client_on_mptcp_listener_is_a_plain_tcp_socket():
-    entries = mi.parse_ss(SS_SERVER_PLAIN_CLIENT)
+    entries = ks.parse_ss(SS_SERVER_PLAIN_CLIENT)
     assert [e["netid"] for e in entries] == ["tcp"]
     assert entries[0]["subflow"] is None
-    assert mi.group_ss_subflows(entries) == []
+    assert ks.group_ss_subflows(entries) == []
 
 
 def test_ss_decimal_sequence_numbers_of_newer_iproute2():
     text = ("mptcp ESTAB 0 0 198.18.241.2:6000 198.18.241.1:50566\n"
             "\t remote_key token:50fc4c2b write_seq:100 snd_una:100 rcv_nxt:7\n")
-    (entry,) = mi.parse_ss(text, seq_base=10)
+    (entry,) = ks.parse_ss(text, seq_base=10)
     assert entry["info"]["write_seq"] == 100 and entry["token"] == SERVER_TOKEN
 
 
 def test_ss_with_header_line():
     text = "Netid State Recv-Q Send-Q Local Address:Port Peer Address:Port Process\n" + SS_CLIENT_FALLBACK
-    assert len(mi.parse_ss(text)) == 2
+    assert len(ks.parse_ss(text)) == 2
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -362,14 +363,14 @@ def test_ss_with_header_line():
     ("[2001:2::1%veth0]:80", ("2001:2::1", 80)),
 ])
 def test_parse_ss_endpoint(text, expected):
-    assert mi.parse_ss_endpoint(text) == expected
+    assert ks.parse_ss_endpoint(text) == expected
 
 
 # ---- MIB -----------------------------------------------------------------------------------------
 
 
 def test_netstat_mptcp_counters():
-    groups = mi.parse_netstat(PROC_NET_NETSTAT)
+    groups = ks.parse_netstat(PROC_NET_NETSTAT)
     assert {"TcpExt", "IpExt", "MPTcpExt"} <= set(groups)
     mptcp = groups["MPTcpExt"]
     # The server side of the two-subflow connection, while it was open.
@@ -380,11 +381,11 @@ def test_netstat_mptcp_counters():
 
 def test_netstat_lines_out_of_step():
     with pytest.raises(ValueError):
-        mi.parse_netstat("TcpExt: A B\nIpExt: 1 2\n")
+        ks.parse_netstat("TcpExt: A B\nIpExt: 1 2\n")
 
 
 def test_counters_delta():
-    assert mi.counters_delta({"A": 1, "B": 2}, {"A": 1, "B": 5, "C": 1}) == {"B": 3, "C": 1}
+    assert ks.counters_delta({"A": 1, "B": 2}, {"A": 1, "B": 5, "C": 1}) == {"B": 3, "C": 1}
 
 
 # ---- the lab's payload ---------------------------------------------------------------------------

@@ -350,25 +350,12 @@ def test_damaged_journal_is_one_line(tmp_path):
 # A child process that creates the journal and is SIGKILLed right after the k-th os call
 # Journal.create makes (whatever those calls are); it prints "done" if create finished first.
 _KILL_IN_CREATE = """
-import os, signal, sys
+import sys
 import mptun.netcfg.journal as J
+from tests.unit.kill_points import killed_after_os_call
 k, path = int(sys.argv[1]), sys.argv[2]
-calls = [0]
-class KillingOs:
-    def __getattr__(self, name):
-        f = getattr(os, name)
-        if not callable(f):
-            return f
-        def call(*a, **kw):
-            r = f(*a, **kw)
-            if calls[0] == k:
-                os.kill(os.getpid(), signal.SIGKILL)
-            calls[0] += 1
-            return r
-        return call
-J.os = KillingOs()
-J.Journal.create(path, {"tun": "mptun0", "interfaces": ["eth0"], "netns": None, "netns_inode": 1})
-J.os = os
+with killed_after_os_call(J, k):
+    J.Journal.create(path, {"tun": "mptun0", "interfaces": ["eth0"], "netns": None, "netns_inode": 1})
 print("done")
 """
 

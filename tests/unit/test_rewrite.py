@@ -19,11 +19,15 @@ from scapy.layers.inet6 import IPv6, in6_chksum
 from scapy.utils import checksum as scapy_checksum
 
 from mptun import impl
+from mptun.pure import rewrite_ops as ops
+from mptun.wire.tcpip import TCP_ACK as ACK
+from mptun.wire.tcpip import TCP_FIN as FIN
+from mptun.wire.tcpip import TCP_PSH as PSH
+from mptun.wire.tcpip import TCP_SYN as SYN
 from tests.unit.reference import ref_checksum, ref_sum
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-ACK, SYN, FIN, PSH = 0x10, 0x02, 0x01, 0x08
 NEEDS_CSUM, DATA_VALID = 1, 2
 GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP = 0, 1, 4, 3
 
@@ -542,12 +546,11 @@ def raw_apply(tmp_path_factory):
     spec.loader.exec_module(probe)
 
     def pure(pkt, insert, mss):
-        rw = impl.load("rewrite", "pure")
-        a = rw._Action()
-        a.ops, a.options, a.mss = rw._OP_INSERT_OPTIONS | rw._OP_CLAMP_MSS, insert, mss
+        a = ops.RwAction()
+        a.ops, a.options, a.mss = ops.RW_OP_INSERT_OPTIONS | ops.RW_OP_CLAMP_MSS, insert, mss
         buf = bytearray(256) + bytearray(pkt)
-        p = rw._Pkt(buf, 256, len(pkt), 256, 0)
-        status = rw._apply(p, a, [0] * len(rw.COUNTER_NAMES))
+        p = ops.RwPacket(buf, 256, len(pkt), 256, 0)
+        status = ops.rw_apply(p, a, [0] * len(ops.COUNTER_NAMES))
         return status, bytes(buf[p.data:p.data + p.length])
 
     return {"fast": probe.apply_raw, "pure": pure}

@@ -210,29 +210,24 @@ def test_expand_out_of_range_raises(seq):
 
 u32 = st.integers(0, M32 - 1)
 u64 = st.integers(0, M64 - 1)
-near32 = st.integers(-(H32 - 1), H32 - 1)
 
 
 both_kinds = pytest.mark.parametrize("kind", impl.KINDS)
 
 
 @both_kinds
-@given(a=u32, d=near32)
-def test_before32_matches_the_signed_distance(kind, a, d):
+@pytest.mark.parametrize("bits", (32, 64))
+@given(data=st.data())
+def test_before_matches_the_signed_distance(kind, bits, data):
     seq = impl.load("seq", kind)
-    b = (a + d) % M32
-    assert seq.before32(a, b) == (d > 0)
-    assert seq.after32(a, b) == (d < 0)
-    assert seq.diff32(b, a) == d
-
-
-@both_kinds
-@given(a=u64, d=st.integers(-(H64 - 1), H64 - 1))
-def test_before64_matches_the_signed_distance(kind, a, d):
-    seq = impl.load("seq", kind)
-    b = (a + d) % M64
-    assert seq.before64(a, b) == (d > 0)
-    assert seq.diff64(b, a) == d
+    before, after, diff = (getattr(seq, f"{name}{bits}") for name in ("before", "after", "diff"))
+    space, half = 1 << bits, 1 << (bits - 1)
+    a = data.draw(st.integers(0, space - 1), label="a")
+    d = data.draw(st.integers(-(half - 1), half - 1), label="d")
+    b = (a + d) % space
+    assert before(a, b) == (d > 0)
+    assert after(a, b) == (d < 0)
+    assert diff(b, a) == d
 
 
 @both_kinds

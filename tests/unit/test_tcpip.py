@@ -130,8 +130,9 @@ def test_we_read_the_plain_options_scapy_emits():
     raw = scapy_v4(options=SCAPY_OPTIONS + [("SAck", (10, 20)), (254, b"\xf9\x89")])
     parsed = w.parse_options(TcpHeader.parse(raw[20:]).options)
     assert parsed.error == 0
-    assert parsed.mss == Mss(1460) and parsed.window_scale == WindowScale(7) and parsed.sack_permitted
-    assert parsed.timestamps == Timestamps(123456, 654321) and parsed.sack == Sack(((10, 20),))
+    assert parsed.first(Mss) == Mss(1460) and parsed.first(WindowScale) == WindowScale(7)
+    assert parsed.first(SackPermitted) == SackPermitted()
+    assert parsed.first(Timestamps) == Timestamps(123456, 654321) and parsed.first(Sack) == Sack(((10, 20),))
     assert parsed.first(UnknownOption) == UnknownOption(254, b"\xf9\x89")
 
 
@@ -144,7 +145,8 @@ def test_scapy_agrees_on_generated_plain_options(mss, shift, tsval, tsecr, block
     assert (values["MSS"], values["WScale"], values["Timestamp"]) == (mss, shift, (tsval, tsecr))
     assert values["SAck"] == tuple(x for b in blocks for x in b)
     parsed = w.parse_options(area)
-    assert (parsed.mss.value, parsed.window_scale.shift, parsed.sack.blocks) == (mss, shift, tuple(blocks))
+    assert (parsed.first(Mss).value, parsed.first(WindowScale).shift, parsed.first(Sack).blocks) == \
+        (mss, shift, tuple(blocks))
 
 
 def test_build_options_pads_to_4_bytes_with_eol():
