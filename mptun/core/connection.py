@@ -10,22 +10,22 @@ raise. DSNs are unwrapped Python ints; only what goes on the wire is taken mod 2
 from __future__ import annotations
 
 from collections import deque
-from enum import StrEnum
 
 from mptun import impl
+from mptun.core import options as _options
 from mptun.core import pm as _pm
+from mptun.core import segopts as so
 from mptun.core.events import (Closed, ControlSegment, Event, OpenSubflow, RefuseApp, ReleaseAppSyn,
                                ShutdownSubflow)
 from mptun.core.mib import Counters
 from mptun.core.recv import ReceivePath
-from mptun.core import segopts as so
 from mptun.core.scheduler import FirstUsable, Scheduler
-from mptun.core.send import CHUNK_MAX, FinVerdict, SendPath
-from mptun.core.seqspace import M64, expand_dsn, u32
+from mptun.core.send import FinVerdict, SendPath
+from mptun.core.seqspace import M64, u32
+from mptun.core.states import ConnState, Mode
 from mptun.core.subflow import Subflow, SubflowKind
 from mptun.wire import crypto
 from mptun.wire import mptcp as w
-from mptun.wire.tcpip import TCP_ACK, TCP_RST, TCP_SYN
 
 _opt = impl.load("mptcpopt")
 _ck = impl.load("checksum")
@@ -39,23 +39,9 @@ CONNECT_TIMEOUT = 140.0
 # The app's handshake with the listener takes one local round trip once its SYN is released;
 # not accepted by then, the app gave up while its SYN was held.
 APP_ACCEPT_TIMEOUT = 20.0
-
-
-class ConnState(StrEnum):
-    CONNECTING = "connecting"      # app SYN held, the initial subflow handshaking
-    ESTABLISHED = "established"
-    CLOSING = "closing"            # a DATA_FIN (or FIN in fallback) sent or received
-    CLOSED = "closed"              # both directions done; NAT entries linger for the last ACKs
-    ABORTED = "aborted"
-
-
-class Mode(StrEnum):
-    MPTCP = "mptcp"
-    FALLBACK = "fallback"          # RFC 8684 3.7: plain TCP through the initial subflow
-
-
-# Aborts the peer started: it needs no MP_FASTCLOSE from us. Every other abort sends one.
-PEER_ABORTS = frozenset({"fastclose_from_peer", "resets_from_peer"})
+# After the app's RST, what it wrote before goes out first (as the kernel's MPTCP would have sent
+# it at write time), for at most this long; then MP_FASTCLOSE.
+ABORT_FLUSH_MAX = 0.5
 
 
 class Connection:
@@ -83,6 +69,7 @@ class Connection:
         self._events: deque[Event] = deque()
         self.connected_at: float | None = None   # the initial subflow's socket connected
         self.app_accepted = False                # the listener accepted the app's leg
+        self._abort_after: tuple[float, str] | None = None   # the app reset: flushing, then MP_FASTCLOSE
         self._subflows_shut = False
 
         # The two data streams: ours from IDSN + 1, the peer's.
@@ -148,7 +135,7 @@ class Connection:
         if self.mode is None:
             # The SYN/ACK went past the datapath without being seen (cannot happen unless
             # the capture is broken): plain TCP is the safe reading.
-            self._set_fallback("fallback_unseen_synack")
+            self.set_fallback("fallback_unseen_synack")
         self.connected_at = now
         # The app's SYN goes on only now, so a refused or unreachable destination looks to the
         # app as it would without mptun.
@@ -174,9 +161,27 @@ class Connection:
     def on_app_accepted(self) -> None:
         self.app_accepted = True
 
-    def app_reset(self) -> None:
-        """The app's socket failed (its RST)."""
-        self.abort("resets_from_app")
+    def app_reset(self, now: float) -> None:
+        """The app's socket was reset: the app aborted, or exited or closed with data unread.
+        RFC 8684 3.5: the whole connection is abandoned with MP_FASTCLOSE, whatever state its
+        data-level close is in; nothing more is DATA_ACKed (the app can no longer read it). What
+        the app wrote before its abort still goes out first, for at most ABORT_FLUSH_MAX."""
+        if self.over or self._abort_after is not None:
+            return
+        self.recv.freeze()
+        if self.mode is None or self._flushed():
+            self.abort("resets_from_app")
+            return
+        self._abort_after = (now + ABORT_FLUSH_MAX, "resets_from_app")
+
+    def _flushed(self) -> bool:
+        """Every app byte is in a kernel socket and has been transmitted by it at least once."""
+        if not self.all_written():
+            return False
+        for s in self.subflows:
+            if s.established and s.write_ssn > 1 and (s.snd_nxt is None or s.out_offset(s.snd_nxt) < s.write_ssn):
+                return False
+        return True
 
     def abort(self, reason: str) -> None:
         """Reset the connection: the app gets a RST, the peer MP_FASTCLOSE (unless it started it)."""
@@ -187,136 +192,35 @@ class Connection:
         self.counters[reason] += 1
         self._events.append(Closed(reset=True, reason=reason))
 
-    def _set_fallback(self, reason: str) -> None:
+    def set_fallback(self, reason: str) -> None:
         self.mode = Mode.FALLBACK
         self.counters[reason] += 1
         self.recv.start_plain()
         self.send.start_plain()
 
-    # ------------------------------------------------------------ outgoing subflow packets
+    # ------------------------------------------------------------ subflow packets (core/options.py)
 
     def outgoing(self, sf: Subflow, seq: int, ack: int, flags: int, payload_len: int, window: int,
                  options: bytes) -> bytes | None:
         """The MPTCP options to add to this segment of sf going to the peer: b"" to add nothing,
         None to drop it (the reason is counted; TCP retransmits it)."""
-        if flags & TCP_SYN:
-            sf.seen_syn(seq, window, so.wscale_of(options))
-            if self.mode == Mode.FALLBACK:
-                return b""
-            # RFC 8684 3.1: MP_CAPABLE in the SYN, version 1, H (HMAC-SHA256); A if we want checksums.
-            return _opt.emit_mp_capable_syn(self._mpc_flags())
-        if sf.our_isn is None:
-            return self._drop("segments_unmapped")
-        sf.seen_out(seq, ack, flags, payload_len, window, options)
-        if self.mode != Mode.MPTCP:
-            return b""
-        if flags & TCP_RST:
-            if self.state == ConnState.ABORTED and self.error not in PEER_ABORTS and self.peer_key is not None:
-                # RFC 8684 3.5: MP_FASTCLOSE with the peer's key on a RST closes the whole connection.
-                return _opt.emit_mp_fastclose(self.peer_key & M64)
-            return b""
-        if flags & TCP_ACK:
-            sf.note_kernel_ack(ack)
-
-        rel = sf.out_offset(seq) if payload_len else 0
-        if not self.peer_dss_seen:
-            # RFC 8684 3.1: until the peer's first DSS, the third ACK's MP_CAPABLE is repeated,
-            # and the first data carries both keys and the data-level length (in case the third
-            # ACK was lost: the passive opener creates its socket from whichever arrives).
-            if payload_len == 0:
-                sf.mpc_ack_sent = True
-                return _opt.emit_mp_capable_ack(self._mpc_flags(), self.key, self.peer_key & M64)
-            if sf.kind == SubflowKind.INITIAL and sf.first_chunk_len and rel + payload_len <= 1 + sf.first_chunk_len:
-                csum = sf.our_csums.get(1, 0)
-                return _opt.emit_mp_capable_ack_data(self._mpc_flags(), self.key, self.peer_key & M64,
-                                                     sf.first_chunk_len, self.checksums, csum)
-        data_ack = self.data_ack()
-        if payload_len == 0:
-            return _opt.emit_dss(True, data_ack & M64, True)
-        m = sf.our_maps.lookup(rel)
-        if m is None:
-            if rel + payload_len <= sf.peer_ack_ssn:
-                # The peer acknowledged these bytes while the kernel retransmitted them (its
-                # ACK was still on the way in): harmless to drop.
-                return self._drop("retransmits_of_acked_data")
-            return self._drop("segments_unmapped")
-        start, dsn, length = m
-        if rel + payload_len > start + length:
-            return self._drop("segments_across_mappings")
-        return _opt.emit_dss(True, data_ack & M64, True, True, dsn & M64, True, u32(start), length, False,
-                             self.checksums, sf.our_csums.get(start, 0))
-
-    def _drop(self, reason: str) -> None:
-        self.counters[reason] += 1
-        return None
-
-    def _mpc_flags(self) -> int:
-        return w.MPC_HMAC_SHA256 | (w.MPC_CHECKSUM_REQUIRED if (self.want_checksums or self.checksums) else 0)
-
-    def data_ack(self) -> int:
-        return self.recv.data_ack(self.subflows)
-
-    # ------------------------------------------------------------ incoming subflow packets
+        return _options.outgoing(self, sf, seq, ack, flags, payload_len, window, options)
 
     def incoming(self, sf: Subflow, seq: int, ack: int, flags: int, payload_len: int, window: int,
                  o: dict | None) -> bool:
         """Record what the peer's segment says; False: drop it (the reason is counted)."""
-        if flags & TCP_SYN:
-            return self._synack(sf, seq, window, o)
-        if self.mode != Mode.MPTCP:
-            return True
-        if o["error"] and o["present"] & so.HAS_MPTCP:
-            # Malformed MPTCP options from the network: dropped and counted, never trusted.
-            self.counters["malformed_options"] += 1
-            return False
-        if flags & TCP_ACK and not sf.note_peer_ack(ack, CHUNK_MAX):
-            self.counters["acks_of_unsent_data"] += 1
-            return False
-        subs = o["suboptions"]
-        if subs & so.SUBOPT_DSS:
-            self._dss(sf, seq, payload_len, window, o)
-        if subs & so.SUBOPT_MP_FASTCLOSE and o["fastclose_receiver_key"] == self.key:
-            # RFC 8684 3.5: the peer abandons the connection; the app gets a reset.
-            self.abort("fastclose_from_peer")
-        if subs & so.SUBOPT_MP_FAIL:
-            self.counters["mp_fail_from_peer"] += 1
-        return True
+        return _options.incoming(self, sf, seq, ack, flags, payload_len, window, o)
 
-    def _synack(self, sf: Subflow, seq: int, window: int, o: dict) -> bool:
-        if not sf.seen_synack(seq, o["wscale"] if o["present"] & so.HAS_WSCALE else 0):
-            return True   # a retransmitted SYN/ACK: decided already
-        if self.mode is not None:
-            return True
-        form = o["mpc_form"] if o["suboptions"] & so.SUBOPT_MP_CAPABLE else 0
-        if form != so.MPC_FORM_SYNACK:
-            bad = o["error"] in (so.REASON_BAD_VERSION, so.REASON_UNSUPPORTED_MPC_FLAGS)
-            # RFC 8684 3.1: no (usable) MP_CAPABLE in the SYN/ACK: the connection is plain TCP.
-            self._set_fallback("fallback_peer_version" if bad else "fallback_no_mp_capable")
-            return True
-        self.mode = Mode.MPTCP
-        self.counters["mptcp_connections"] += 1
-        self.peer_key = o["mpc_sender_key"]
-        # RFC 8684 3.1: checksums are used if either host asks for them.
-        self.checksums = bool(self.want_checksums or o["mpc_flags"] & w.MPC_CHECKSUM_REQUIRED)
-        self.recv.start(crypto.key_idsn(self.peer_key) + 1, self.checksums)
-        self.send.start(self.checksums, window)
-        return True
+    def drop(self, reason: str) -> None:
+        """A per-packet drop: counted, and None for the caller to return."""
+        self.counters[reason] += 1
+        return None
 
-    def _dss(self, sf: Subflow, seq: int, payload_len: int, window: int, o: dict) -> None:
-        self.peer_dss_seen = True
-        dflags = o["dss_flags"]
-        if dflags & (w.DSS_MAPPING | w.DSS_DATA_FIN) and not sf.in_window(seq, payload_len):
-            # Our kernel drops a segment outside its window: its mapping or DATA_FIN is not
-            # recorded (a spoofed or stale one would truncate or misplace the stream).
-            self.counters["dss_outside_window"] += 1
-            dflags &= ~(w.DSS_MAPPING | w.DSS_DATA_FIN)
-        if dflags & w.DSS_DATA_ACK:
-            da = expand_dsn(self.snd_una, o["data_ack"], bool(dflags & w.DSS_DATA_ACK_64))
-            # RFC 8684 3.3.4: the receive window is shared by all subflows and counts from the DATA_ACK.
-            if not self.send.data_ack(da, window << sf.peer_wscale):
-                self.counters["data_ack_invalid"] += 1
-        if dflags & w.DSS_MAPPING:
-            self.recv.record_mapping(sf, seq, payload_len, o, bool(dflags & w.DSS_DATA_FIN))
+    def mpc_flags(self) -> int:
+        return w.MPC_HMAC_SHA256 | (w.MPC_CHECKSUM_REQUIRED if (self.want_checksums or self.checksums) else 0)
+
+    def data_ack(self) -> int:
+        return self.recv.data_ack(self.subflows)
 
     # ------------------------------------------------------------ data from the app, to subflows
 
@@ -334,7 +238,7 @@ class Connection:
             self.state = ConnState.CLOSING
 
     def wants_app_read(self) -> bool:
-        return not self.app_eof and not self.over and self.app_room() > 0
+        return not self.app_eof and not self.over and self._abort_after is None and self.app_room() > 0
 
     def next_write(self) -> tuple[Subflow, memoryview] | None:
         """The next bytes to write (with MSG_EOR) and the subflow socket they go to, or None.
@@ -407,6 +311,9 @@ class Connection:
         the DATA_ACK of the peer's bare DATA_FIN, window probes, the end of the connection."""
         if self.over:
             return
+        if self._abort_after is not None and (now >= self._abort_after[0] or self._flushed()):
+            self.abort(self._abort_after[1])
+            return
         if self.state == ConnState.CONNECTING:
             if now - self.created > CONNECT_TIMEOUT:
                 self.abort("connect_timeouts")
@@ -435,7 +342,7 @@ class Connection:
             return None
         if self.state == ConnState.CONNECTING:
             return self.created + CONNECT_TIMEOUT
-        times = []
+        times = [self._abort_after[0]] if self._abort_after is not None else []
         if not self.app_accepted and self.connected_at is not None:
             times.append(self.connected_at + APP_ACCEPT_TIMEOUT)
         if self.mode == Mode.MPTCP and (t := self.send.deadline()) is not None:

@@ -36,6 +36,7 @@ class ReceivePath:
         self.fin_dsn: int | None = None    # the peer's DATA_FIN
         self.fin_ack_pending = False       # its DATA_ACK must go out on a crafted ACK
         self.data_ack_sent = 0
+        self.frozen = False                # the app can read no more: DATA_ACK stays where it is
         self._dack_key = None
         self._dack = 0
         self._rx_checks: dict = {}         # (subflow id, mapping start) -> (DSS checksum, announced length)
@@ -186,9 +187,15 @@ class ReceivePath:
 
     # ------------------------------------------------------------ DATA_ACK
 
+    def freeze(self) -> None:
+        """The app is gone: acknowledge nothing more at the data level."""
+        self.frozen = True
+
     def data_ack(self, subflows: Iterable[Subflow]) -> int:
         """RFC 8684 3.3.2: the contiguous DSN prefix the host has received: what is reassembled
         plus what the kernel sockets acknowledged (mapped, not yet read). Never goes backwards."""
+        if self.frozen:
+            return self.data_ack_sent
         subflows = tuple(subflows)
         asm = self.assembler
         base = unwrap64(self.rcv_ref, asm.next_dsn)

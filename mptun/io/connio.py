@@ -143,7 +143,7 @@ class Connections:
                 except BlockingIOError:
                     break
                 except OSError:
-                    conn.app_reset()
+                    conn.app_reset(time.monotonic())
                     break
                 if not data:
                     conn.on_app_eof()
@@ -252,7 +252,7 @@ class Connections:
             except BlockingIOError:
                 return
             except OSError:
-                conn.app_reset()
+                conn.app_reset(time.monotonic())
                 return
             c.take_app_bytes(n)
             if c.app_out:

@@ -1,9 +1,10 @@
 """EventLoop: epoll over file descriptors plus a timer heap fed by core's deadlines; nothing else.
 
-`watch(fd, events, handler)` sets what one fd is watched for (0: not at all); handlers get the
-ready events. `call_at(key, when, callback)` keeps one deadline per key (None cancels it): a
-connection re-arms its key with `Connection.get_timer()` after every input, so no tick scans
-every connection. A handler's exception is logged and counted, never fatal.
+`watch(fd, events, handler)` sets what one fd is watched for: READ, WRITE, and ERROR (stay
+registered with no interest, to hear of a RST: epoll always reports errors and hangups); 0: not at
+all. Handlers get the ready events, ERROR included. `call_at(key, when, callback)` keeps one
+deadline per key (None cancels it): a connection re-arms its key with `Connection.get_timer()` after
+every input, so no tick scans every connection. A handler's exception is logged and counted.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-import selectors
+import select
 import signal
 import socket
 import time
@@ -21,8 +22,10 @@ from mptun.core.mib import Counters
 
 log = logging.getLogger("mptun")
 
-READ = selectors.EVENT_READ
-WRITE = selectors.EVENT_WRITE
+READ = select.EPOLLIN
+WRITE = select.EPOLLOUT
+ERROR = select.EPOLLERR           # asked for: registered even without READ or WRITE; reported: ERR or HUP
+_HANGUP = select.EPOLLERR | select.EPOLLHUP
 # The longest the loop sleeps without a deadline (signals wake it at once: wake_on_signals).
 MAX_WAIT = 1.0
 
@@ -69,7 +72,7 @@ class Timers:
 class EventLoop:
     def __init__(self, counters: Counters):
         self.counters = counters
-        self._sel = selectors.EpollSelector()
+        self._ep = select.epoll()
         self._watched: dict[int, tuple[int, Callable[[int], None]]] = {}
         self._paused: dict[int, tuple[int, Callable[[int], None]]] = {}
         self.timers = Timers()
@@ -81,25 +84,23 @@ class EventLoop:
             self._paused[fd] = (events, handler)
             return
         old = self._watched.get(fd)
-        if old is not None and old == (events, handler):
+        if events == 0:
+            if old is not None:
+                self._ep.unregister(fd)
+                del self._watched[fd]
             return
+        mask = events & (READ | WRITE)
         if old is None:
-            if events:
-                self._sel.register(fd, events, handler)
-        elif events == 0:
-            self._sel.unregister(fd)
-        else:
-            self._sel.modify(fd, events, handler)   # no syscall when only the handler changed
-        if events:
-            self._watched[fd] = (events, handler)
-        else:
-            self._watched.pop(fd, None)
+            self._ep.register(fd, mask)
+        elif old[0] != events:
+            self._ep.modify(fd, mask)
+        self._watched[fd] = (events, handler)
 
     def forget(self, fd: int) -> None:
         """The fd is about to be closed: stop watching it."""
         self._paused.pop(fd, None)
         if self._watched.pop(fd, None) is not None:
-            self._sel.unregister(fd)
+            self._ep.unregister(fd)
 
     def pause(self, fd: int, seconds: float, handler: Callable[[int], None]) -> None:
         """Stop watching fd for a while (accept() failing at the fd limit would otherwise spin)."""
@@ -144,8 +145,15 @@ class EventLoop:
     def run_once(self) -> None:
         deadline = self.timers.next_deadline()
         wait = MAX_WAIT if deadline is None else min(MAX_WAIT, max(0.0, deadline - time.monotonic()))
-        for key, ev in self._sel.select(wait):
-            self._guarded(key.data, ev)
+        for fd, ev in self._ep.poll(wait):
+            watched = self._watched.get(fd)
+            if watched is None:
+                continue        # forgotten by an earlier handler of this round
+            if ev & _HANGUP:
+                # As selectors does: an error or hangup makes the fd ready for what it waits for
+                # (the read or write then says what happened), and ERROR says it happened.
+                ev = (ev & ~_HANGUP) | ERROR | (watched[0] & (READ | WRITE))
+            self._guarded(watched[1], ev)
         self._guarded(lambda _: self.after_io(), 0)
         for callback in self.timers.pop_due(time.monotonic()):
             self._guarded(callback, time.monotonic())

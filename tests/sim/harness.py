@@ -20,7 +20,7 @@ from mptun.core.mib import Counters
 from mptun.core.subflow import Subflow
 from mptun.wire import crypto
 from mptun.wire import mptcp as w
-from mptun.wire.tcpip import TCP_ACK, TCP_FIN, TCP_SYN, Timestamps, WindowScale
+from mptun.wire.tcpip import TCP_ACK, TCP_SYN, Timestamps, WindowScale
 
 mo = impl.load("mptcpopt")
 

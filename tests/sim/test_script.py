@@ -234,7 +234,7 @@ def test_a_data_fin_that_is_never_acknowledged_gives_up_and_resets():
 def test_mp_fastclose_from_the_peer_resets_and_a_reset_of_ours_carries_its_key(checksums):
     sim = Sim(checksums=checksums)
     sim.handshake()
-    sim.conn.app_reset()
+    sim.conn.app_reset(sim.clock.now)
     rst = sim.kernel.out(sim.kernel.snd_nxt, 0x04 | 0x10)
     assert rst.opts["fastclose_receiver_key"] == PEER_KEY       # RFC 8684 3.5
     assert Closed(reset=True, reason="resets_from_app") in sim.drain_events()

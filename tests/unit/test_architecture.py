@@ -99,7 +99,7 @@ def test_the_rule_catches_a_write():
     assert len(found) == 2, found
 
 
-COUNTING_CALLS = {"abort", "_drop", "_set_fallback", "subflow_connect_failed"}
+COUNTING_CALLS = {"abort", "drop", "set_fallback", "subflow_connect_failed"}
 
 
 def counted_names(path: Path) -> list[tuple[int, str]]:

@@ -6,7 +6,8 @@ options are built with mptun.wire's value types and parsed back with the datapat
 import pytest
 
 from mptun import impl
-from mptun.core.connection import CHUNK_MAX, Connection, ConnState, Mode
+from mptun.core.connection import Connection, ConnState, Mode
+from mptun.core.send import CHUNK_MAX
 from mptun.core.events import Closed, ControlSegment
 from mptun.core.mib import Counters
 from mptun.core.seqspace import M64

@@ -1,7 +1,6 @@
 """The edge's event loop: one deadline per key in a heap, fds watched for what they wait for, handler
 bugs counted, not fatal, signals waking it. Time is only ordered here, never measured."""
 
-import os
 import signal
 import socket
 import time

@@ -1,0 +1,139 @@
+"""Per-segment MPTCP options, both ways (as Linux's net/mptcp/options.c): what each of our subflow
+segments must carry, and what each of the peer's says.
+
+`outgoing` decides the options for a segment our kernel sends (MP_CAPABLE in the handshake and the
+first data, then DSS with the DATA_ACK and the chunk's mapping, MP_FASTCLOSE on our RST); `incoming`
+records the peer's (its key or fallback from the SYN/ACK, DATA_ACK and window, mappings, DATA_FIN,
+MP_FASTCLOSE) and says whether the segment may reach our kernel. Both run once per packet and return
+codes (None or False: dropped, counted by reason), never raise.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from mptun import impl
+from mptun.core import segopts as so
+from mptun.core.send import CHUNK_MAX
+from mptun.core.states import PEER_ABORTS, ConnState, Mode
+from mptun.core.seqspace import M64, expand_dsn, u32
+from mptun.core.subflow import Subflow, SubflowKind
+from mptun.wire import crypto
+from mptun.wire import mptcp as w
+from mptun.wire.tcpip import TCP_ACK, TCP_RST, TCP_SYN
+
+if TYPE_CHECKING:
+    from mptun.core.connection import Connection
+
+_opt = impl.load("mptcpopt")
+
+def outgoing(conn: Connection, sf: Subflow, seq: int, ack: int, flags: int, payload_len: int, window: int,
+             options: bytes) -> bytes | None:
+    """The MPTCP options to add to this segment of sf going to the peer: b"" to add nothing,
+    None to drop it (the reason is counted; TCP retransmits it)."""
+    if flags & TCP_SYN:
+        sf.seen_syn(seq, window, so.wscale_of(options))
+        if conn.mode == Mode.FALLBACK:
+            return b""
+        # RFC 8684 3.1: MP_CAPABLE in the SYN, version 1, H (HMAC-SHA256); A if we want checksums.
+        return _opt.emit_mp_capable_syn(conn.mpc_flags())
+    if sf.our_isn is None:
+        return conn.drop("segments_unmapped")
+    sf.seen_out(seq, ack, flags, payload_len, window, options)
+    if conn.mode != Mode.MPTCP:
+        return b""
+    if flags & TCP_RST:
+        if conn.state == ConnState.ABORTED and conn.error not in PEER_ABORTS and conn.peer_key is not None:
+            # RFC 8684 3.5: MP_FASTCLOSE with the peer's key on a RST closes the whole connection.
+            return _opt.emit_mp_fastclose(conn.peer_key & M64)
+        return b""
+    if flags & TCP_ACK:
+        sf.note_kernel_ack(ack)
+
+    rel = sf.out_offset(seq) if payload_len else 0
+    if not conn.peer_dss_seen:
+        # RFC 8684 3.1: until the peer's first DSS, the third ACK's MP_CAPABLE is repeated,
+        # and the first data carries both keys and the data-level length (in case the third
+        # ACK was lost: the passive opener creates its socket from whichever arrives).
+        if payload_len == 0:
+            sf.mpc_ack_sent = True
+            return _opt.emit_mp_capable_ack(conn.mpc_flags(), conn.key, conn.peer_key & M64)
+        if sf.kind == SubflowKind.INITIAL and sf.first_chunk_len and rel + payload_len <= 1 + sf.first_chunk_len:
+            csum = sf.our_csums.get(1, 0)
+            return _opt.emit_mp_capable_ack_data(conn.mpc_flags(), conn.key, conn.peer_key & M64,
+                                                 sf.first_chunk_len, conn.checksums, csum)
+    data_ack = conn.data_ack()
+    if payload_len == 0:
+        return _opt.emit_dss(True, data_ack & M64, True)
+    m = sf.our_maps.lookup(rel)
+    if m is None:
+        if rel + payload_len <= sf.peer_ack_ssn:
+            # The peer acknowledged these bytes while the kernel retransmitted them (its
+            # ACK was still on the way in): harmless to drop.
+            return conn.drop("retransmits_of_acked_data")
+        return conn.drop("segments_unmapped")
+    start, dsn, length = m
+    if rel + payload_len > start + length:
+        return conn.drop("segments_across_mappings")
+    return _opt.emit_dss(True, data_ack & M64, True, True, dsn & M64, True, u32(start), length, False,
+                         conn.checksums, sf.our_csums.get(start, 0))
+
+def incoming(conn: Connection, sf: Subflow, seq: int, ack: int, flags: int, payload_len: int, window: int,
+             o: dict | None) -> bool:
+    """Record what the peer's segment says; False: drop it (the reason is counted)."""
+    if flags & TCP_SYN:
+        return _synack(conn, sf, seq, window, o)
+    if conn.mode != Mode.MPTCP:
+        return True
+    if o["error"] and o["present"] & so.HAS_MPTCP:
+        # Malformed MPTCP options from the network: dropped and counted, never trusted.
+        conn.counters["malformed_options"] += 1
+        return False
+    if flags & TCP_ACK and not sf.note_peer_ack(ack, CHUNK_MAX):
+        conn.counters["acks_of_unsent_data"] += 1
+        return False
+    subs = o["suboptions"]
+    if subs & so.SUBOPT_DSS:
+        _dss(conn, sf, seq, payload_len, window, o)
+    if subs & so.SUBOPT_MP_FASTCLOSE and o["fastclose_receiver_key"] == conn.key:
+        # RFC 8684 3.5: the peer abandons the connection; the app gets a reset.
+        conn.abort("fastclose_from_peer")
+    if subs & so.SUBOPT_MP_FAIL:
+        conn.counters["mp_fail_from_peer"] += 1
+    return True
+
+def _synack(conn: Connection, sf: Subflow, seq: int, window: int, o: dict) -> bool:
+    if not sf.seen_synack(seq, o["wscale"] if o["present"] & so.HAS_WSCALE else 0):
+        return True   # a retransmitted SYN/ACK: decided already
+    if conn.mode is not None:
+        return True
+    form = o["mpc_form"] if o["suboptions"] & so.SUBOPT_MP_CAPABLE else 0
+    if form != so.MPC_FORM_SYNACK:
+        bad = o["error"] in (so.REASON_BAD_VERSION, so.REASON_UNSUPPORTED_MPC_FLAGS)
+        # RFC 8684 3.1: no (usable) MP_CAPABLE in the SYN/ACK: the connection is plain TCP.
+        conn.set_fallback("fallback_peer_version" if bad else "fallback_no_mp_capable")
+        return True
+    conn.mode = Mode.MPTCP
+    conn.counters["mptcp_connections"] += 1
+    conn.peer_key = o["mpc_sender_key"]
+    # RFC 8684 3.1: checksums are used if either host asks for them.
+    conn.checksums = bool(conn.want_checksums or o["mpc_flags"] & w.MPC_CHECKSUM_REQUIRED)
+    conn.recv.start(crypto.key_idsn(conn.peer_key) + 1, conn.checksums)
+    conn.send.start(conn.checksums, window)
+    return True
+
+def _dss(conn: Connection, sf: Subflow, seq: int, payload_len: int, window: int, o: dict) -> None:
+    conn.peer_dss_seen = True
+    dflags = o["dss_flags"]
+    if dflags & (w.DSS_MAPPING | w.DSS_DATA_FIN) and not sf.in_window(seq, payload_len):
+        # Our kernel drops a segment outside its window: its mapping or DATA_FIN is not
+        # recorded (a spoofed or stale one would truncate or misplace the stream).
+        conn.counters["dss_outside_window"] += 1
+        dflags &= ~(w.DSS_MAPPING | w.DSS_DATA_FIN)
+    if dflags & w.DSS_DATA_ACK:
+        da = expand_dsn(conn.snd_una, o["data_ack"], bool(dflags & w.DSS_DATA_ACK_64))
+        # RFC 8684 3.3.4: the receive window is shared by all subflows and counts from the DATA_ACK.
+        if not conn.send.data_ack(da, window << sf.peer_wscale):
+            conn.counters["data_ack_invalid"] += 1
+    if dflags & w.DSS_MAPPING:
+        conn.recv.record_mapping(sf, seq, payload_len, o, bool(dflags & w.DSS_DATA_FIN))
