@@ -303,6 +303,7 @@ class Connection:
 
     def app_fin_delivered(self) -> None:
         self.app_shut = True
+        self.recv.deliver_fin()
 
     # ------------------------------------------------------------ timers and what mptun sends itself
 
@@ -311,8 +312,10 @@ class Connection:
         the DATA_ACK of the peer's bare DATA_FIN, window probes, the end of the connection."""
         if self.over:
             return
-        if self._abort_after is not None and (now >= self._abort_after[0] or self._flushed()):
-            self.abort(self._abort_after[1])
+        if self._abort_after is not None:
+            # Flushing before MP_FASTCLOSE: no DATA_FIN, no DATA_ACK, nothing but the app's bytes.
+            if now >= self._abort_after[0] or self._flushed():
+                self.abort(self._abort_after[1])
             return
         if self.state == ConnState.CONNECTING:
             if now - self.created > CONNECT_TIMEOUT:

@@ -56,6 +56,7 @@ REASONS = {
     "aborted_at_shutdown": "connections reset because mptun went down",
     "subflow_open_failures": "subflow sockets that could not be created, bound or connected",
     "no_free_ports": "subflows not opened: every port of the path's range was in use",
+    "app_drain_unknown": "app legs ended without knowing whether the app had read everything (sock_diag failed)",
 }
 
 # Per-packet outcomes of the rewrite step (mptun._fast.rewrite statuses) are counted as

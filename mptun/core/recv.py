@@ -35,6 +35,7 @@ class ReceivePath:
         self.rcv_ref = 0                   # unwrapped DSN near the reassembly point
         self.fin_dsn: int | None = None    # the peer's DATA_FIN
         self.fin_ack_pending = False       # its DATA_ACK must go out on a crafted ACK
+        self.fin_delivered = False         # the app has every byte before it, and its FIN
         self.data_ack_sent = 0
         self.frozen = False                # the app can read no more: DATA_ACK stays where it is
         self._dack_key = None
@@ -187,6 +188,14 @@ class ReceivePath:
 
     # ------------------------------------------------------------ DATA_ACK
 
+    def deliver_fin(self) -> None:
+        """The app has read everything before the DATA_FIN and got its FIN: only now is the DATA_FIN
+        acknowledged. Until then the peer's connection stays open at the data level, so that an app
+        that exits with data unread can still abandon it with MP_FASTCLOSE (RFC 8684 3.5) rather
+        than leave the peer believing everything was delivered."""
+        self.fin_delivered = True
+        self._dack_key = None
+
     def freeze(self) -> None:
         """The app is gone: acknowledge nothing more at the data level."""
         self.frozen = True
@@ -213,7 +222,7 @@ class ReceivePath:
                 break
             if b > ack:
                 ack = b
-        if self.fin_dsn is not None and ack == self.fin_dsn:
+        if self.fin_dsn is not None and ack == self.fin_dsn and self.fin_delivered:
             ack += 1   # RFC 8684 3.3.3: the DATA_FIN takes one octet of data sequence space
         if ack < self.data_ack_sent:
             ack = self.data_ack_sent

@@ -10,10 +10,12 @@ timer fires. Nothing here decides MPTCP behaviour, and nothing assigns a core ob
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import os
 import socket
 import struct
+import termios
 import time
 from collections.abc import Callable
 
@@ -22,8 +24,9 @@ from mptun.core.events import Closed, ControlSegment, OpenSubflow, RefuseApp, Re
 from mptun.core.mib import Counters
 from mptun.core.subflow import Subflow
 from mptun.core.token import TokenTable
+from mptun.io import sockdiag
 from mptun.io.datapath import Datapath
-from mptun.io.loop import READ, WRITE, EventLoop
+from mptun.io.loop import ERROR, READ, WRITE, EventLoop
 from mptun.io.subflows import SubflowSockets
 from mptun.nat.appleg import AppLeg, AppLegTable
 
@@ -37,12 +40,16 @@ READS_PER_EVENT = 8
 APP_WRITES_PER_SERVICE = 16
 
 _CONNECT_FAILURES = {errno.ECONNREFUSED: "refused", errno.ETIMEDOUT: "connect_timeouts"}
+# Waiting for the app to read everything before its leg gets our FIN: first recheck, and the most.
+DRAIN_CHECK_FIRST = 0.005
+DRAIN_CHECK_MAX = 0.25
 
 
 class ConnIO:
     """The sockets of one connection and the bytes taken from core not yet written to the app."""
 
-    __slots__ = ("conn", "leg", "app", "socks", "handlers", "app_out", "finished", "on_app")
+    __slots__ = ("conn", "leg", "app", "socks", "handlers", "app_out", "finished", "on_app", "app_hung_up",
+                 "drain_wait")
 
     def __init__(self, conn: Connection, leg: AppLeg):
         self.conn = conn
@@ -53,6 +60,8 @@ class ConnIO:
         self.app_out = b""
         self.finished = False
         self.on_app: Callable[[int], None] | None = None
+        self.app_hung_up = False      # both directions of the app's leg are shut: nothing more to hear
+        self.drain_wait = DRAIN_CHECK_FIRST
 
     def attach_app(self, s: socket.socket, handler: Callable[[int], None]) -> None:
         self.app = s
@@ -61,6 +70,13 @@ class ConnIO:
     def attach_subflow(self, sf: Subflow, s: socket.socket, handler: Callable[[int], None]) -> None:
         self.socks[sf] = s
         self.handlers[sf] = handler
+
+    def hung_up(self) -> None:
+        self.app_hung_up = True
+
+    def drain_backoff(self) -> float:
+        wait, self.drain_wait = self.drain_wait, min(self.drain_wait * 2, DRAIN_CHECK_MAX)
+        return wait
 
     def take_app_bytes(self, n: int) -> None:
         self.app_out = self.app_out[n:]
@@ -132,26 +148,50 @@ class Connections:
     # ------------------------------------------------------------ readiness
 
     def _on_app(self, c: ConnIO, ev: int) -> None:
-        conn = c.conn
-        if ev & READ:
-            for _ in range(READS_PER_EVENT):
-                if not conn.wants_app_read():
-                    break
-                want = min(conn.app_room(), IO_CHUNK)
-                try:
-                    data = c.app.recv(want)
-                except BlockingIOError:
-                    break
-                except OSError:
-                    conn.app_reset(time.monotonic())
-                    break
-                if not data:
-                    conn.on_app_eof()
-                    break
-                conn.app_data(data)
-                if len(data) < want:
-                    break
+        if ev & (READ | ERROR):
+            self._read_app(c)
+        if ev & ERROR and c.app is not None and not c.conn.over:
+            # The app's leg failed (its RST: the app aborted, or exited with data unread), or
+            # both its directions are shut and there is nothing more to hear from it.
+            if c.app.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+                self._app_failed(c)
+            else:
+                c.hung_up()
         self.service(c)
+
+    def _read_app(self, c: ConnIO) -> None:
+        conn = c.conn
+        for _ in range(READS_PER_EVENT):
+            if not conn.wants_app_read():
+                return
+            want = min(conn.app_room(), IO_CHUNK)
+            try:
+                data = c.app.recv(want)
+            except BlockingIOError:
+                return
+            except OSError:
+                self._app_failed(c)
+                return
+            if not data:
+                conn.on_app_eof()
+                return
+            conn.app_data(data)
+            if len(data) < want:
+                return
+
+    def _app_failed(self, c: ConnIO) -> None:
+        """The app's leg was reset. Bytes the app wrote before are still queued there (recv gives
+        them before the error), and the kernel's MPTCP would have sent them: take them first."""
+        conn = c.conn
+        while conn.wants_app_read():
+            try:
+                data = c.app.recv(min(conn.app_room(), IO_CHUNK))
+            except OSError:
+                break
+            if not data:
+                break       # the end of a reset stream, not the app's FIN: no DATA_FIN follows
+            conn.app_data(data)
+        conn.app_reset(time.monotonic())
 
     def _on_subflow(self, c: ConnIO, sf: Subflow, ev: int) -> None:
         s = c.socks.get(sf)
@@ -211,12 +251,36 @@ class Connections:
         if c.app is not None and not conn.over:
             self._flush_app(c)
             if not conn.over and not c.app_out and conn.app_fin_due():
-                conn.app_fin_delivered()
-                _shutdown(c.app)
+                self._end_app_leg(c)
         conn.poll(time.monotonic())
         if self._carry_out_all(c):
             return
         self._update_interest(c)
+
+    def _end_app_leg(self, c: ConnIO) -> None:
+        """The peer's stream is over and every byte of it is in the app's leg: the app gets our FIN
+        once it has read them all. Before that, an app that exits with data unread resets its leg,
+        which we hear and answer with MP_FASTCLOSE; after our FIN its kernel would drop such data
+        silently (its socket is closed by then), and the peer would believe it was delivered."""
+        if not self._app_drained(c):
+            self.loop.call_at(("drain", c.conn.id), time.monotonic() + c.drain_backoff(), lambda now: self.service(c))
+            return
+        self.loop.call_at(("drain", c.conn.id), None, _noop)
+        c.conn.app_fin_delivered()
+        _shutdown(c.app)
+
+    def _app_drained(self, c: ConnIO) -> bool:
+        try:
+            unsent = fcntl.ioctl(c.app.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+            if struct.unpack("i", unsent)[0] > 0:
+                return False        # still on its way into the app's socket
+            leg = c.leg
+            app = sockdiag.lookup(self.dp.tun_addr, leg.app_port, leg.dst, leg.dst_port)
+        except OSError as e:
+            self.counters["app_drain_unknown"] += 1
+            log.debug("conn %d: cannot see the app's socket (%s): ending its leg now", c.conn.id, e)
+            return True
+        return app is None or app.rqueue == 0
 
     def _carry_out_all(self, c: ConnIO) -> bool:
         """Every event core has queued, including those that carrying one out caused; True if the
@@ -252,7 +316,7 @@ class Connections:
             except BlockingIOError:
                 return
             except OSError:
-                conn.app_reset(time.monotonic())
+                self._app_failed(c)
                 return
             c.take_app_bytes(n)
             if c.app_out:
@@ -291,6 +355,8 @@ class Connections:
             ev = READ if conn.wants_app_read() else 0
             if c.app_out or (conn.app_pending() and not conn.app_shut):
                 ev |= WRITE
+            if not conn.app_shut and not c.app_hung_up:
+                ev |= ERROR     # the app may still reset its leg: we must hear it (MP_FASTCLOSE)
             self.loop.watch(c.app.fileno(), ev, c.on_app)
         for sf, s in c.socks.items():
             if sf.closed:
@@ -308,6 +374,7 @@ class Connections:
         conn = c.conn
         c.close_sockets(self.loop, reset=event.reset)
         self.loop.call_at(("conn", conn.id), None, _noop)
+        self.loop.call_at(("drain", conn.id), None, _noop)
         # NAT entries stay while the last FIN/ACKs (or RST) may pass; a connection that never
         # reached its peer has nothing in flight.
         linger = LINGER if conn.mode is not None else 0.0
@@ -323,6 +390,7 @@ class Connections:
             c.close_sockets(self.loop, reset=True)
         conn = c.conn
         self.loop.call_at(("conn", conn.id), None, _noop)
+        self.loop.call_at(("drain", conn.id), None, _noop)
         self.loop.call_at(("expire", conn.id), None, _noop)
         self.legs.remove(conn)
         for sf in conn.subflows:

@@ -9,6 +9,7 @@ vanish with the daemon), and deletes the journal when nothing is left.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import time
 from dataclasses import dataclass
@@ -285,7 +286,10 @@ def up(cfg: NetConfig, *, netns_name: str | None = None, journal_dir: str | None
         try:
             journal = Journal.create(path, {
                 "tun": cfg.tun_name, "interfaces": list(cfg.interfaces), "netns": netns_name,
-                "netns_inode": netns.current_inode(), "pid": os.getpid(), "started": time.time()})
+                "netns_inode": netns.current_inode(), "pid": os.getpid(), "started": time.time(),
+                # Intercepted apps' sockets have this source address: down resets what a dead
+                # daemon left of them.
+                "app_addr": str(cfg.layout.tun_addr)})
         except FileExistsError:
             _refuse_if_up(cfg.tun_name, path)
             raise
@@ -307,6 +311,21 @@ def up(cfg: NetConfig, *, netns_name: str | None = None, journal_dir: str | None
             raise NetcfgError(f"could not {step.describe()}: {_why(e)}; nothing was changed") from e
         assert ex.tun is not None
         return Applied(cfg=cfg, plan=plan, tun=ex.tun, journal_path=path, netns=netns_name)
+
+
+def _reset_orphaned_apps(app_addr: str | None) -> int:
+    """Apps' sockets still bound to the TUN's address when the daemon is gone (killed): nobody
+    will ever answer them (the TUN went with the daemon), so reset them now, as the daemon would
+    have (SOCK_DESTROY: the app gets ECONNABORTED at once instead of hanging)."""
+    if not app_addr:
+        return 0
+    from mptun.io import sockdiag
+
+    try:
+        left = sockdiag.sockets_from(ipaddress.IPv4Address(app_addr).packed)
+        return sum(sockdiag.destroy(s) for s in left)
+    except OSError:
+        return 0        # no sock_diag destroy in this kernel: the apps time out as before
 
 
 def _refuse_if_up(tun_name: str, path: str) -> None:
@@ -348,8 +367,11 @@ def down(tun_name: str = "mptun0", *, journal_dir: str | None = None, netns_name
         if netns.current_inode() != journal.header.get("netns_inode"):
             raise NetcfgError(f"the journal {path} was written in another network namespace; run mptun down "
                               f"there, or delete the journal if that namespace is gone")
+        resets = _reset_orphaned_apps(journal.header.get("app_addr"))
         ex = _Executor(ipr, journal)
         notes, failures = ex.undo_journal()
+    if resets:
+        notes.insert(0, f"reset {resets} intercepted app connection(s) left without a daemon")
     if failures:
         raise NetcfgError(f"mptun down left {len(failures)} step(s) undone, first: {failures[0]}; "
                           f"the journal {path} keeps them")

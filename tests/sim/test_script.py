@@ -197,23 +197,27 @@ def test_the_peers_data_fin_overtaking_its_last_data_reaches_the_app_after_the_d
     sim.deliver(fin)                                                   # reordered: the DATA_FIN first
     assert not sim.conn.app_fin_due()
     ack = sim.deliver(last)
-    # the kernel's ACK of the data carries the DATA_ACK of the DATA_FIN too (it takes one DSN)
-    assert dss_of(ack)["data_ack"] == PEER_IDSN + 6
-    assert sim.poll(0.05) == []                       # so no crafted ACK is needed
+    assert dss_of(ack)["data_ack"] == PEER_IDSN + 5                    # the data, not yet the DATA_FIN
     assert sim.app_reads() == b"tail"
     assert sim.conn.app_fin_due()
 
 
-def test_the_peers_bare_data_fin_after_its_data_gets_a_crafted_data_ack():
-    """Linux sends DATA_FIN on a pure ACK; our kernel never ACKs a pure ACK, so mptun must."""
+def test_the_peers_data_fin_is_data_acked_only_once_the_app_has_read_up_to_it():
+    """Linux sends DATA_FIN on a pure ACK; our kernel never ACKs a pure ACK, so mptun must, with
+    a crafted ACK: once the app has every byte before it and its FIN. Until then the peer's
+    connection stays open, so an app that exits with data unread can still abort it."""
     sim = Sim()
     sim.handshake()
     sim.deliver(sim.peer.data(b"tail", data_ack=OUR_IDSN + 1))
     assert sim.deliver(sim.peer.ack(data_ack=OUR_IDSN + 1, data_fin_dsn=PEER_IDSN + 5)) is None
-    (ack,) = sim.controls                             # sent when the edge serviced the connection
+    assert sim.controls == []
+    assert sim.poll(1.0) == []                        # the app has not read "tail" yet
+    assert sim.app_reads() == b"tail" and sim.conn.app_fin_due()
+    sim.conn.app_fin_delivered()                      # the edge shut the app's leg: its FIN
+    (ack,) = sim.poll(1.1)
     assert dss_of(ack)["data_ack"] == PEER_IDSN + 6
     assert ack.seq == sim.kernel.snd_nxt and ack.ack == sim.kernel.rcv_nxt    # copies the kernel's numbers
-    assert sim.poll(0.10) == []                       # once
+    assert sim.poll(1.2) == []                        # once
 
 
 def test_a_data_fin_that_is_never_acknowledged_gives_up_and_resets():
@@ -238,3 +242,58 @@ def test_mp_fastclose_from_the_peer_resets_and_a_reset_of_ours_carries_its_key(c
     rst = sim.kernel.out(sim.kernel.snd_nxt, 0x04 | 0x10)
     assert rst.opts["fastclose_receiver_key"] == PEER_KEY       # RFC 8684 3.5
     assert Closed(reset=True, reason="resets_from_app") in sim.drain_events()
+
+
+# ---------------------------------------------------------------- the app aborts (RFC 8684 3.5)
+
+def test_an_app_reset_with_nothing_pending_is_an_mp_fastclose_at_once():
+    sim = Sim()
+    sim.handshake()
+    sim.deliver(sim.peer.ack(data_ack=OUR_IDSN + 1))
+    sim.conn.app_reset(sim.clock.now)
+    assert Closed(reset=True, reason="resets_from_app") in sim.drain_events()
+
+
+def test_what_the_app_wrote_before_its_reset_goes_out_first_then_mp_fastclose():
+    sim = Sim()
+    sim.handshake()
+    sim.deliver(sim.peer.ack(data_ack=OUR_IDSN + 1))
+    sim.conn.app_data(b"last words" * 100)
+    sim.conn.app_reset(sim.clock.now)              # read off the app's leg just before its RST
+    assert not any(isinstance(e, Closed) for e in sim.drain_events())
+    assert not sim.conn.wants_app_read()
+    sim.kernel.write_from_core()                   # the edge still writes what core holds
+    sim.poll()
+    assert not any(isinstance(e, Closed) for e in sim.events), "MP_FASTCLOSE before the bytes went out"
+    segs = sim.kernel.segments()                   # our kernel transmits them
+    for s in segs:
+        sim.peer.take(s)
+    assert sim.peer.stream(OUR_IDSN + 1) == b"last words" * 100
+    sim.poll(sim.clock.advance(0.001))
+    assert Closed(reset=True, reason="resets_from_app") in sim.events
+    rst = sim.kernel.out(sim.kernel.snd_nxt, 0x04 | 0x10)
+    assert rst.opts["fastclose_receiver_key"] == PEER_KEY
+
+
+def test_after_the_apps_reset_nothing_more_is_data_acked():
+    sim = Sim()
+    sim.handshake()
+    sim.deliver(sim.peer.data(b"read", data_ack=OUR_IDSN + 1))
+    sim.conn.app_data(b"x" * 5000)
+    sim.conn.app_reset(sim.clock.now)
+    ack = sim.deliver(sim.peer.data(b"never read by anyone", data_ack=OUR_IDSN + 1))
+    assert dss_of(ack)["data_ack"] == PEER_IDSN + 1 + 4      # the app can no longer read the rest
+
+
+def test_the_flush_before_mp_fastclose_is_bounded_when_the_window_is_closed():
+    sim = Sim()
+    sim.handshake(window=0)
+    sim.deliver(sim.peer.ack(data_ack=OUR_IDSN + 1, window=0))
+    sim.conn.app_data(b"stuck" * 100)
+    sim.conn.app_reset(0.0)
+    assert sim.kernel.write_from_core() == 0                 # nothing fits the peer's window
+    sim.poll(0.4)
+    assert not any(isinstance(e, Closed) for e in sim.events)
+    assert sim.conn.get_timer() == pytest.approx(0.5)
+    sim.poll(0.5)
+    assert Closed(reset=True, reason="resets_from_app") in sim.events
