@@ -305,3 +305,36 @@ def _wait_counter(lab, before: int, timeout: float = 5.0) -> int:
         if moved or time.monotonic() >= deadline:
             return moved
         time.sleep(0.01)
+
+
+def test_the_kernels_own_mptcp_client_meets_the_same_bar(make_lab):
+    """The yardstick: Linux's MPTCP client, app and all, in the same abort (with and without
+    time for the whole download to arrive) makes the server count one MP_FASTCLOSE every time."""
+    lab = make_lab([PathSpec.parse("")])
+    payload = bytes(DOWNLOAD)
+
+    def serve(conn):
+        sender = threading.Thread(target=lambda: _send_quietly(conn, payload, shut=True), daemon=True)
+        sender.start()
+        how, got = read_until_end(conn)
+        sender.join(30)
+        return how, got
+
+    counts = []
+    with Server(lab, 9605, serve) as srv:
+        for i in range(40):
+            before = fastcloses(lab)
+            app = socket_in_netns(lab.client, mptcp=True)
+            app.settimeout(30)
+            app.connect((SERVER, 9605))
+            first = b""
+            while len(first) < REQUEST:
+                first += app.recv(REQUEST - len(first))
+            app.sendall(b"q" * REQUEST)
+            app.shutdown(socket.SHUT_WR)
+            if i % 2:
+                time.sleep(0.1)
+            app.close()
+            srv.wait(i + 1)
+            counts.append(_wait_counter(lab, before))
+    assert counts == [1] * 40, counts
