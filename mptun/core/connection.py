@@ -99,6 +99,8 @@ class Connection:
 
     def events(self) -> list[Event]:
         """What the edge must do now, in order (drains the queue)."""
+        if not self._events:
+            return []
         out = list(self._events)
         self._events.clear()
         return out

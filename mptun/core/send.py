@@ -109,8 +109,10 @@ class SendPath:
         for sf in subflows:
             if sf.chunk is not None and sf.usable:
                 return sf, memoryview(sf.chunk[1])[sf.chunk[2]:]
+        if self.sendable() <= 0:
+            return None
         candidates = [s for s in subflows if s.usable and s.chunk is None]
-        if not candidates or self.sendable() <= 0:
+        if not candidates:
             return None
         sf = self.scheduler.pick(self, candidates)
         if sf is None:

@@ -49,7 +49,7 @@ class ConnIO:
     """The sockets of one connection and the bytes taken from core not yet written to the app."""
 
     __slots__ = ("conn", "leg", "app", "socks", "handlers", "app_out", "finished", "on_app", "app_hung_up",
-                 "drain_wait")
+                 "drain_wait", "timer_key", "on_timer")
 
     def __init__(self, conn: Connection, leg: AppLeg):
         self.conn = conn
@@ -62,6 +62,8 @@ class ConnIO:
         self.on_app: Callable[[int], None] | None = None
         self.app_hung_up = False      # both directions of the app's leg are shut: nothing more to hear
         self.drain_wait = DRAIN_CHECK_FIRST
+        self.timer_key = ("conn", conn.id)
+        self.on_timer: Callable[[float], None] | None = None
 
     def attach_app(self, s: socket.socket, handler: Callable[[int], None]) -> None:
         self.app = s
@@ -127,6 +129,7 @@ class Connections:
         self.counters["connections"] += 1
         self.tokens.add(conn)
         c = ConnIO(conn, self.legs.add(conn, app_port, dst, dst_port, syn))
+        c.on_timer = lambda now: self.service(c)
         self.by_id[conn.id] = c
         conn.start(now)
         self.service(c)
@@ -366,7 +369,7 @@ class Connections:
             else:
                 ev = (READ if conn.wants_subflow_read(sf) else 0) | (WRITE if conn.wants_write(sf) else 0)
             self.loop.watch(s.fileno(), ev, c.handlers[sf])
-        self.loop.call_at(("conn", conn.id), conn.get_timer(), lambda now: self.service(c))
+        self.loop.call_at(c.timer_key, conn.get_timer(), c.on_timer)
 
     # ------------------------------------------------------------ the end of a connection
 

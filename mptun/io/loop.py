@@ -154,9 +154,15 @@ class EventLoop:
                 # (the read or write then says what happened), and ERROR says it happened.
                 ev = (ev & ~_HANGUP) | ERROR | (watched[0] & (READ | WRITE))
             self._guarded(watched[1], ev)
-        self._guarded(lambda _: self.after_io(), 0)
-        for callback in self.timers.pop_due(time.monotonic()):
-            self._guarded(callback, time.monotonic())
+        try:
+            self.after_io()
+        except Exception:
+            log.exception("in the event loop")
+            self.counters["internal_errors"] += 1
+        if self.timers.next_deadline() is not None:
+            now = time.monotonic()
+            for callback in self.timers.pop_due(now):
+                self._guarded(callback, now)
 
     def _guarded(self, fn: Callable, arg) -> None:
         try:
