@@ -202,16 +202,11 @@ class Connection:
 
     # ------------------------------------------------------------ subflow packets (core/options.py)
 
-    def outgoing(self, sf: Subflow, seq: int, ack: int, flags: int, payload_len: int, window: int,
-                 options: bytes) -> bytes | None:
-        """The MPTCP options to add to this segment of sf going to the peer: b"" to add nothing,
-        None to drop it (the reason is counted; TCP retransmits it)."""
-        return _options.outgoing(self, sf, seq, ack, flags, payload_len, window, options)
-
-    def incoming(self, sf: Subflow, seq: int, ack: int, flags: int, payload_len: int, window: int,
-                 o: dict | None) -> bool:
-        """Record what the peer's segment says; False: drop it (the reason is counted)."""
-        return _options.incoming(self, sf, seq, ack, flags, payload_len, window, o)
+    # Once per packet each: the functions themselves, so no wrapper call is paid per packet.
+    # outgoing(sf, seq, ack, flags, payload_len, window, options) -> options to add (b"": none,
+    # None: drop, counted); incoming(sf, seq, ack, flags, payload_len, window, parsed) -> deliver?
+    outgoing = _options.outgoing
+    incoming = _options.incoming
 
     def drop(self, reason: str) -> None:
         """A per-packet drop: counted, and None for the caller to return."""

@@ -9,7 +9,7 @@ the stream is plain TCP: bytes in order, no DSN.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 
 from mptun import impl
 from mptun.core.mapping import INFINITE
@@ -200,12 +200,11 @@ class ReceivePath:
         """The app is gone: acknowledge nothing more at the data level."""
         self.frozen = True
 
-    def data_ack(self, subflows: Iterable[Subflow]) -> int:
+    def data_ack(self, subflows: Sequence[Subflow]) -> int:
         """RFC 8684 3.3.2: the contiguous DSN prefix the host has received: what is reassembled
         plus what the kernel sockets acknowledged (mapped, not yet read). Never goes backwards."""
         if self.frozen:
             return self.data_ack_sent
-        subflows = tuple(subflows)
         asm = self.assembler
         base = unwrap64(self.rcv_ref, asm.next_dsn)
         key = (base, tuple((s.read_ssn, s.kernel_ack_ssn, s.peer_maps.version) for s in subflows), self.fin_dsn)

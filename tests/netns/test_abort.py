@@ -5,6 +5,8 @@ mptun promises; these tests hold it to that."""
 
 import contextlib
 import errno
+import os
+import signal
 import socket
 import struct
 import subprocess
@@ -274,8 +276,6 @@ def test_after_the_daemon_is_killed_mptun_down_resets_the_apps_it_left(lab_up):
             app.sendall(b"hello")
             apps.append(app)
         pid = r.pid()
-        import os
-        import signal
         os.kill(pid, signal.SIGKILL)
         assert wait_gone(pid)
         r.down()

@@ -89,13 +89,10 @@ def test_the_edge_never_assigns_or_mutates_core_attributes():
     assert not found, "the edge changes core objects directly (use core's input calls):\n" + "\n".join(found)
 
 
-def test_the_rule_catches_a_write():
-    sample = Path(__file__).with_name("_edge_sample.py")
+def test_the_rule_catches_a_write(tmp_path):
+    sample = tmp_path / "edge_sample.py"
     sample.write_text("def f(c, s):\n    c.conn.state = 'x'\n    c.conn.subflows.remove(s)\n    self_ok = 1\n")
-    try:
-        found = edge_writes_to_core(sample, core_attribute_names())
-    finally:
-        sample.unlink()
+    found = edge_writes_to_core(sample, core_attribute_names())
     assert len(found) == 2, found
 
 
