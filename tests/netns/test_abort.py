@@ -254,7 +254,15 @@ def test_the_servers_fastclose_resets_the_app_and_what_it_got_is_a_prefix(lab_up
         for i in range(50):
             app = socket_in_netns(lab.client, mptcp=False)
             app.settimeout(30)
-            app.connect((SERVER, 9603))
+            try:
+                app.connect((SERVER, 9603))
+            except ConnectionResetError:
+                # The server reset before mptun finished the app's handshake (mptun holds the
+                # app's SYN until the upstream one is done): a reset all the same.
+                srv.wait(i + 1)
+                app.close()
+                results.append(("reset", True))
+                continue
             srv.wait(i + 1)
             how, got = read_until_end(app)
             app.close()
