@@ -14,12 +14,12 @@ from collections import deque
 from mptun import impl
 from mptun.core import options as _options
 from mptun.core import pm as _pm
+from mptun.core import scheduler as _sched
 from mptun.core import segopts as so
 from mptun.core.events import (Closed, ControlSegment, Event, OpenSubflow, RefuseApp, ReleaseAppSyn,
                                ShutdownSubflow)
 from mptun.core.mib import Counters
 from mptun.core.recv import ReceivePath
-from mptun.core.scheduler import FirstUsable, Scheduler
 from mptun.core.send import FinVerdict, SendPath
 from mptun.core.seqspace import M64, u32
 from mptun.core.states import ConnState, Mode
@@ -48,7 +48,7 @@ class Connection:
     """The data-level state shared by the subflows of one app connection."""
 
     def __init__(self, conn_id: int, key: int, now: float, counters: Counters, *,
-                 checksums: bool = False, scheduler: Scheduler | None = None,
+                 checksums: bool = False, scheduler: _sched.Scheduler | None = None,
                  path_manager: _pm.PathManager | None = None,
                  send_buffer: int = SEND_BUFFER, recv_buffer: int = RECV_BUFFER):
         self.id = conn_id
@@ -73,7 +73,7 @@ class Connection:
         self._subflows_shut = False
 
         # The two data streams: ours from IDSN + 1, the peer's.
-        self.send = SendPath(self.idsn + 1, send_buffer, scheduler or FirstUsable(), counters)
+        self.send = SendPath(self.idsn + 1, send_buffer, scheduler or _sched.create(_sched.DEFAULT), counters)
         self.recv = ReceivePath(recv_buffer, counters)
         self.app_shut = False              # FIN passed on to the app
         self.bytes_from_app = 0

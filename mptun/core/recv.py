@@ -53,10 +53,6 @@ class ReceivePath:
         """Fallback: the subflow's bytes are the stream."""
         self.plain = bytearray()
 
-    @property
-    def started(self) -> bool:
-        return self.assembler is not None or self.plain is not None
-
     # ------------------------------------------------------------ the peer's DSS
 
     def record_mapping(self, sf: Subflow, seq: int, payload_len: int, o: dict, data_fin: bool) -> None:

@@ -17,9 +17,6 @@ class TokenTable:
     def __init__(self):
         self._by_token: dict[int, Connection] = {}
 
-    def __len__(self) -> int:
-        return len(self._by_token)
-
     def new_key(self, random_bytes: Callable[[int], bytes]) -> int:
         """A fresh 64-bit key whose token no live connection has (RFC 8684 3.1)."""
         while True:

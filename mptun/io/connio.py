@@ -49,7 +49,7 @@ class ConnIO:
     """The sockets of one connection and the bytes taken from core not yet written to the app."""
 
     __slots__ = ("conn", "leg", "app", "socks", "handlers", "app_out", "finished", "on_app", "app_hung_up",
-                 "drain_wait", "timer_key", "on_timer")
+                 "drain_wait", "timer_key", "drain_key", "expire_key", "on_timer")
 
     def __init__(self, conn: Connection, leg: AppLeg):
         self.conn = conn
@@ -62,7 +62,9 @@ class ConnIO:
         self.on_app: Callable[[int], None] | None = None
         self.app_hung_up = False      # both directions of the app's leg are shut: nothing more to hear
         self.drain_wait = DRAIN_CHECK_FIRST
-        self.timer_key = ("conn", conn.id)
+        self.timer_key = ("conn", conn.id)      # core's deadline (get_timer)
+        self.drain_key = ("drain", conn.id)     # the next look at whether the app has read everything
+        self.expire_key = ("expire", conn.id)   # the end of the NAT entries' linger
         self.on_timer: Callable[[float], None] | None = None
 
     def attach_app(self, s: socket.socket, handler: Callable[[int], None]) -> None:
@@ -113,9 +115,6 @@ class Connections:
         self.tokens = TokenTable()
         self.new_connection = new_connection
         self.by_id: dict[int, ConnIO] = {}
-
-    def __iter__(self):
-        return iter(self.by_id.values())
 
     # ------------------------------------------------------------ new connections
 
@@ -266,9 +265,9 @@ class Connections:
         which we hear and answer with MP_FASTCLOSE; after our FIN its kernel would drop such data
         silently (its socket is closed by then), and the peer would believe it was delivered."""
         if not self._app_drained(c):
-            self.loop.call_at(("drain", c.conn.id), time.monotonic() + c.drain_backoff(), lambda now: self.service(c))
+            self.loop.call_at(c.drain_key, time.monotonic() + c.drain_backoff(), c.on_timer)
             return
-        self.loop.call_at(("drain", c.conn.id), None, _noop)
+        self.loop.cancel(c.drain_key)
         c.conn.app_fin_delivered()
         _shutdown(c.app)
 
@@ -376,13 +375,12 @@ class Connections:
     def _close(self, c: ConnIO, event: Closed) -> None:
         conn = c.conn
         c.close_sockets(self.loop, reset=event.reset)
-        self.loop.call_at(("conn", conn.id), None, _noop)
-        self.loop.call_at(("drain", conn.id), None, _noop)
+        self.loop.cancel(c.timer_key, c.drain_key)
         # NAT entries stay while the last FIN/ACKs (or RST) may pass; a connection that never
         # reached its peer has nothing in flight.
         linger = LINGER if conn.mode is not None else 0.0
         c.leg.expire_at(time.monotonic() + linger)
-        self.loop.call_at(("expire", conn.id), c.leg.expires, lambda now: self._forget(c))
+        self.loop.call_at(c.expire_key, c.leg.expires, lambda now: self._forget(c))
         if event.reason:
             log.info("conn %d to %s: %s", conn.id, c.leg.dst_text, event.reason)
 
@@ -392,9 +390,7 @@ class Connections:
         if not c.finished:
             c.close_sockets(self.loop, reset=True)
         conn = c.conn
-        self.loop.call_at(("conn", conn.id), None, _noop)
-        self.loop.call_at(("drain", conn.id), None, _noop)
-        self.loop.call_at(("expire", conn.id), None, _noop)
+        self.loop.cancel(c.timer_key, c.drain_key, c.expire_key)
         self.legs.remove(conn)
         for sf in conn.subflows:
             self.subflows.forget(sf)
@@ -433,6 +429,3 @@ def _shutdown(s: socket.socket) -> None:
     except OSError:
         pass
 
-
-def _noop(now: float) -> None:
-    pass

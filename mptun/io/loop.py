@@ -119,6 +119,10 @@ class EventLoop:
     def call_at(self, key: Hashable, when: float | None, callback: Callable[[float], None]) -> None:
         self.timers.set(key, when, callback)
 
+    def cancel(self, *keys: Hashable) -> None:
+        for key in keys:
+            self.timers.set(key, None, _noop)
+
     def stop(self) -> None:
         self.stopping = True
 
@@ -154,19 +158,19 @@ class EventLoop:
                 # (the read or write then says what happened), and ERROR says it happened.
                 ev = (ev & ~_HANGUP) | ERROR | (watched[0] & (READ | WRITE))
             self._guarded(watched[1], ev)
-        try:
-            self.after_io()
-        except Exception:
-            log.exception("in the event loop")
-            self.counters["internal_errors"] += 1
+        self._guarded(self.after_io)
         if self.timers.next_deadline() is not None:
             now = time.monotonic()
             for callback in self.timers.pop_due(now):
                 self._guarded(callback, now)
 
-    def _guarded(self, fn: Callable, arg) -> None:
+    def _guarded(self, fn: Callable, *args) -> None:
         try:
-            fn(arg)
+            fn(*args)
         except Exception:
             log.exception("in the event loop")
             self.counters["internal_errors"] += 1
+
+
+def _noop(now: float) -> None:
+    pass

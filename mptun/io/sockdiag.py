@@ -33,9 +33,6 @@ _SOCKID_TAIL = struct.Struct("=III")           # interface, cookie (host order)
 _MSG_HEAD = struct.Struct("=BBBB")             # family, state, timer, retrans
 _MSG_TAIL = struct.Struct("=IIIII")            # expires, rqueue, wqueue, uid, inode
 
-TCP_STATE_NAMES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2",
-                   6: "TIME_WAIT", 7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING"}
-
 
 @dataclass(frozen=True)
 class TcpSock:
@@ -47,10 +44,6 @@ class TcpSock:
     rqueue: int        # received, not read by the owner (for a listener: its backlog)
     wqueue: int
     cookie: tuple[int, int]
-
-    @property
-    def state_name(self) -> str:
-        return TCP_STATE_NAMES.get(self.state, str(self.state))
 
 
 class SockDiagError(OSError):
