@@ -146,39 +146,48 @@ def client_story(path: str, port: int) -> dict[tuple[int, int], dict]:
     return story
 
 
-def test_an_app_that_reads_part_of_a_download_and_exits_aborts_with_mp_fastclose_every_time(lab_up, tmp_path):
-    """The kernel selftest's case: the server sends 1 MB and its DATA_FIN; the app reads 1 KB,
-    writes 1 KB, shuts down its write side and exits with the rest unread (its kernel resets the
-    app's leg). The server must see MP_FASTCLOSE, and the app's 1 KB, every time."""
-    lab, r = lab_up
-    payload = bytes(range(256)) * (DOWNLOAD // 256)
-
+def download_server(payload: bytes):
+    """A Server's `serve`: send payload and the DATA_FIN, meanwhile read what the client sends."""
     def serve(conn):
         sender = threading.Thread(target=lambda: _send_quietly(conn, payload, shut=True), daemon=True)
         sender.start()
         how, got = read_until_end(conn)
         sender.join(30)
         return how, got
+    return serve
 
+
+def partial_download_then_exit(lab, port: int, i: int, *, mptcp: bool) -> bytes:
+    """The kernel selftest's app: read 1 KB of the download, write 1 KB, shut the write side and
+    exit with the rest unread (odd runs wait 0.1 s first, so the whole download and the server's
+    DATA_FIN can reach the app's socket). Returns the bytes it read."""
+    app = socket_in_netns(lab.client, mptcp=mptcp)
+    app.settimeout(30)
+    app.connect((SERVER, port))
+    first = b""
+    while len(first) < REQUEST:
+        first += app.recv(REQUEST - len(first))
+    app.sendall(b"q" * REQUEST)
+    app.shutdown(socket.SHUT_WR)
+    if i % 2:
+        time.sleep(0.1)
+    app.close()                      # ~1 MB unread: the kernel resets the app's leg
+    return first
+
+
+def test_an_app_that_reads_part_of_a_download_and_exits_aborts_with_mp_fastclose_every_time(lab_up, tmp_path):
+    """The kernel selftest's case: the server sends 1 MB and its DATA_FIN; the app reads 1 KB,
+    writes 1 KB, shuts down its write side and exits with the rest unread (its kernel resets the
+    app's leg). The server must see MP_FASTCLOSE, and the app's 1 KB, every time."""
+    lab, r = lab_up
+    payload = bytes(range(256)) * (DOWNLOAD // 256)
     outcomes = []
     pcap = str(tmp_path / "wire.pcap")
-    with Server(lab, 9600, serve) as srv, wire_capture(lab, 9600, pcap):
+    with Server(lab, 9600, download_server(payload)) as srv, wire_capture(lab, 9600, pcap):
         for i in range(REPEAT):
             before = fastcloses(lab)
-            app = socket_in_netns(lab.client, mptcp=False)
-            app.settimeout(30)
-            app.connect((SERVER, 9600))
-            first = b""
-            while len(first) < REQUEST:
-                first += app.recv(REQUEST - len(first))
-            assert first == payload[:REQUEST]
-            app.sendall(b"q" * REQUEST)
-            app.shutdown(socket.SHUT_WR)
-            if i % 2:
-                # Time for the whole download and the server's DATA_FIN to reach the app's
-                # socket: mptun must still not end the leg cleanly while the app has not read it.
-                time.sleep(0.1)
-            app.close()                      # ~1 MB unread: the kernel resets the app's leg
+            # mptun must not end the app's leg cleanly while the app has not read it all.
+            assert partial_download_then_exit(lab, 9600, i, mptcp=False) == payload[:REQUEST]
             srv.wait(i + 1)
             # The app's shutdown is a DATA_FIN, so the server may read an end before the
             # MP_FASTCLOSE arrives: its MIB, not its read, says whether the close was clean.
@@ -319,30 +328,11 @@ def test_the_kernels_own_mptcp_client_meets_the_same_bar(make_lab):
     """The yardstick: Linux's MPTCP client, app and all, in the same abort (with and without
     time for the whole download to arrive) makes the server count one MP_FASTCLOSE every time."""
     lab = make_lab([PathSpec.parse("")])
-    payload = bytes(DOWNLOAD)
-
-    def serve(conn):
-        sender = threading.Thread(target=lambda: _send_quietly(conn, payload, shut=True), daemon=True)
-        sender.start()
-        how, got = read_until_end(conn)
-        sender.join(30)
-        return how, got
-
     counts = []
-    with Server(lab, 9605, serve) as srv:
+    with Server(lab, 9605, download_server(bytes(DOWNLOAD))) as srv:
         for i in range(40):
             before = fastcloses(lab)
-            app = socket_in_netns(lab.client, mptcp=True)
-            app.settimeout(30)
-            app.connect((SERVER, 9605))
-            first = b""
-            while len(first) < REQUEST:
-                first += app.recv(REQUEST - len(first))
-            app.sendall(b"q" * REQUEST)
-            app.shutdown(socket.SHUT_WR)
-            if i % 2:
-                time.sleep(0.1)
-            app.close()
+            partial_download_then_exit(lab, 9605, i, mptcp=True)
             srv.wait(i + 1)
             counts.append(_wait_counter(lab, before))
     assert counts == [1] * 40, counts
