@@ -132,7 +132,13 @@ def cmd_up(args) -> int:
     _need_root("mptun up")
     from mptun.netcfg import NetConfig
 
-    fields = {"interfaces": list(args.interfaces), "tun_name": args.tun}
+    names, backup = parse_interfaces(args.interfaces)
+    from mptun.core import scheduler
+
+    if args.scheduler not in scheduler.SCHEDULERS:
+        raise CliError(f"unknown scheduler {args.scheduler!r} (known: {', '.join(sorted(scheduler.SCHEDULERS))})")
+    args.backup = backup
+    fields = {"interfaces": names, "tun_name": args.tun}
     if args.dest:
         fields["dest"] = list(args.dest)
     if args.exclude:
@@ -157,6 +163,9 @@ def _up_locked(args, fields: dict, run_dir: str) -> int:
     argv = [sys.executable, "-m", "mptun.daemon", "--config", json.dumps(fields), "--run-dir", run_dir]
     if args.checksums:
         argv.append("--checksums")
+    argv += ["--scheduler", args.scheduler]
+    for name in args.backup:
+        argv += ["--backup", name]
     r, w = os.pipe()
     try:
         with open(files["log"], "ab") as logf:
@@ -173,7 +182,8 @@ def _up_locked(args, fields: dict, run_dir: str) -> int:
     finally:
         os.close(r)
     if line == "ready":
-        print(f"mptun up on {', '.join(args.interfaces)} (tun {args.tun}, pid {proc.pid}, log {files['log']})")
+        print(f"mptun up on {', '.join(args.interfaces)} (tun {args.tun}, scheduler {args.scheduler}, "
+              f"pid {proc.pid}, log {files['log']})")
         return 0
     if line.startswith("error: "):
         try:
@@ -185,6 +195,35 @@ def _up_locked(args, fields: dict, run_dir: str) -> int:
     proc.wait(10)
     _remove_pid(files["pid"], proc.pid)
     raise CliError(f"the daemon did not start (see {files['log']})")
+
+
+ROLES = ("regular", "backup")
+
+
+def parse_interfaces(specs: list[str]) -> tuple[list[str], list[str]]:
+    """`eth0 wlan0:backup` -> (["eth0", "wlan0"], ["wlan0"]); a bad role or a repeated name is a
+    one-line error."""
+    names, backup = [], []
+    for spec in specs:
+        name, _, role = spec.partition(":")
+        role = role or "regular"
+        if not name or role not in ROLES:
+            raise CliError(f"{spec!r}: write IFACE or IFACE:backup (roles: {', '.join(ROLES)})")
+        if name in names:
+            raise CliError(f"{name} is named twice")
+        names.append(name)
+        if role == "backup":
+            backup.append(name)
+    return names, backup
+
+
+def cmd_set(args) -> int:
+    _need_root("mptun set")
+    st = _query(_run_dir(args), args.tun, f"set {args.interface} {args.role}")
+    if "error" in st:
+        raise CliError(st["error"])
+    print(f"{args.interface} is {args.role} now ({st['connections']} connection(s) told with MP_PRIO)")
+    return 0
 
 
 def _write_pid(path: str, pid: int) -> None:
@@ -368,8 +407,16 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--run-dir", default=None, help="where the journal, pid, socket and log live "
                                                        "(default: /run/mptun)")
 
-    up = sub.add_parser("up", help="give every TCP connection MPTCP over these interfaces")
-    up.add_argument("interfaces", nargs="+", metavar="IFACE")
+    up = sub.add_parser("up", help="give every TCP connection MPTCP over these interfaces",
+                        description="Intercept the host's TCP connections and carry each as an MPTCP "
+                                    "connection with a subflow on every interface named. IFACE:backup makes "
+                                    "an interface a backup: it carries data only while no regular one works.",
+                        epilog="example: mptun up eth0 wlan0:backup --scheduler blest")
+    up.add_argument("interfaces", nargs="+", metavar="IFACE[:backup]")
+    up.add_argument("--scheduler", default="lowrtt", metavar="NAME",
+                    help="which subflow gets each chunk: lowrtt (default: the lowest RTT with window room), "
+                         "roundrobin, redundant (every chunk on every path), blest (paths with very "
+                         "different RTTs)")
     up.add_argument("--dest", action="append", metavar="PREFIX",
                     help="intercept TCP only to this IPv4 prefix (repeatable; default: all)")
     up.add_argument("--exclude", action="append", metavar="PREFIX",
@@ -377,6 +424,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--checksums", action="store_true", help="ask the peer for DSS checksums (RFC 8684 3.3.1)")
     common(up)
     up.set_defaults(func=cmd_up)
+    setp = sub.add_parser("set", help="change an interface's role while mptun is up",
+                          epilog="example: mptun set wlan0 backup")
+    setp.add_argument("interface", metavar="IFACE")
+    setp.add_argument("role", choices=ROLES)
+    common(setp)
+    setp.set_defaults(func=cmd_set)
     down = sub.add_parser("down", help="stop mptun and remove everything `up` configured")
     common(down)
     down.set_defaults(func=cmd_down)

@@ -21,13 +21,15 @@ from ipaddress import IPv4Address
 
 from mptun import netcfg
 from mptun.core import pm
+from mptun.core import scheduler as _sched
 from mptun.core.connection import Connection
 from mptun.core.mib import Counters, meaning
 from mptun.io.connio import Connections
 from mptun.io.control import AcceptGuard, ControlServer
 from mptun.io.datapath import Datapath
 from mptun.io.loop import READ, EventLoop
-from mptun.io.paths import PathIO
+from mptun.io.pathmon import PathMonitor
+from mptun.io.paths import PathIO, paths_from_applied
 from mptun.io.subflows import SubflowSockets
 from mptun.nat.appleg import AppLegTable
 
@@ -46,11 +48,16 @@ def run_paths(run_dir: str, tun: str) -> dict[str, str]:
 
 
 class Daemon:
-    def __init__(self, cfg: netcfg.NetConfig, run_dir: str, *, checksums: bool = False):
+    def __init__(self, cfg: netcfg.NetConfig, run_dir: str, *, checksums: bool = False,
+                 scheduler: str = _sched.DEFAULT, backup: tuple[str, ...] = ()):
         self.cfg = cfg
         self.run_dir = run_dir
         self.files = run_paths(run_dir, cfg.tun_name)
         self.checksums = checksums
+        self.scheduler = scheduler
+        self.backup = set(backup)
+        self.path_table: pm.PathTable | None = None
+        self.monitor: PathMonitor | None = None
         self.counters = Counters()
         self.loop = EventLoop(self.counters)
         self.legs = AppLegTable(cfg.layout.fake_block)
@@ -107,15 +114,10 @@ class Daemon:
     def _wire(self) -> None:
         cfg, applied = self.cfg, self.applied
         layout = applied.layout
-        for i, iface in enumerate(applied.interfaces):
-            mac = netcfg.resolve_gateway_mac(iface)
-            eth = b""
-            if mac:
-                eth = bytes.fromhex(mac.replace(":", "")) + bytes.fromhex(iface.mac.replace(":", ""))
-            p = PathIO(index=i, ifname=iface.name, ifindex=iface.index, addr=iface.addr.ip.packed,
-                       sub_addr=layout.subflow_addr(i).packed, eth=eth)
-            p.open(vnet=applied.tun.vnet_hdr_size > 0)
-            self.paths.append(p)
+        self.paths = paths_from_applied(applied, vnet=applied.tun.vnet_hdr_size > 0)
+        for p in self.paths:
+            p.set_role(p.ifname in self.backup)
+        self.path_table = pm.PathTable(pm.PathState(p.usable, p.backup) for p in self.paths)
         self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.listener.bind((str(layout.listener_addr), 0))
@@ -127,7 +129,9 @@ class Daemon:
         self.dp = Datapath(applied.tun.fd, applied.tun.vnet_hdr_size, layout.tun_addr, layout.fake_block,
                            self.listener_port, self.paths, self.legs, subflows, self.counters, self._on_app_syn)
         self.conns = Connections(self.loop, self.dp, self.legs, subflows, self.counters, self._new_connection)
-        self.control = ControlServer(self.loop, self.files["sock"], {"status": self.status})
+        self.control = ControlServer(self.loop, self.files["sock"], {"status": self.status, "set": self.set_role})
+        self.monitor = PathMonitor(applied, self.paths, self._on_path_change, self.loop)
+        self.loop.watch(self.monitor.fileno(), READ, lambda ev: self.monitor.on_readable())
         self.loop.watch(self.dp.fileno(), READ, self._on_tun)
         self.loop.watch(self.listener.fileno(), READ, self._on_listener)
         self.loop.after_io = self.conns.service_dirty
@@ -141,6 +145,8 @@ class Daemon:
                 self.conns.abort_all("aborted_at_shutdown")
                 self._drain_tun(DRAIN_TIME)
         finally:
+            if self.monitor is not None:
+                self.monitor.close()
             for p in self.paths:
                 p.close()
             if self.listener is not None:
@@ -203,9 +209,33 @@ class Daemon:
     def _on_app_syn(self, app_port: int, dst: bytes, dst_port: int, syn: bytes) -> None:
         self.conns.on_app_syn(app_port, dst, dst_port, syn)
 
+    def _on_path_change(self, index: int, usable: bool) -> None:
+        p = self.paths[index]
+        log.info("path %s: %s", p.ifname, f"usable, {IPv4Address(p.addr)}" if usable else "unusable")
+        self.path_table.set_usable(index, usable)
+        self.dp.refresh_paths()
+        self.conns.path_changed(index)
+
+    def set_role(self, ifname: str, role: str) -> dict:
+        """`mptun set IFACE backup|regular`: the live connections send MP_PRIO on its subflows."""
+        if role not in ("backup", "regular"):
+            raise ValueError(f"role must be backup or regular, not {role!r}")
+        for p in self.paths:
+            if p.ifname == ifname:
+                break
+        else:
+            raise ValueError(f"{ifname} is not one of mptun's interfaces ({', '.join(x.ifname for x in self.paths)})")
+        p.set_role(role == "backup")
+        if self.path_table.set_backup(p.index, p.backup):
+            log.info("path %s: %s", ifname, role)
+            self.conns.path_changed(p.index)
+        return {"interface": ifname, "role": role, "connections": len(self.conns.by_id)}
+
     def _new_connection(self, now: float) -> Connection:
         conn = Connection(self._next_id, self.conns.tokens.new_key(os.urandom), now, self.counters,
-                          checksums=self.checksums, path_manager=pm.SinglePath(range(len(self.paths))))
+                          checksums=self.checksums, scheduler=_sched.create(self.scheduler),
+                          path_manager=pm.FullMesh(self.path_table),
+                          rand32=lambda: int.from_bytes(os.urandom(4), "big"))
         self._next_id += 1
         return conn
 
@@ -213,7 +243,9 @@ class Daemon:
         snapshot = self.counters.snapshot()
         return {
             "pid": os.getpid(), "tun": self.cfg.tun_name, "interfaces": list(self.cfg.interfaces),
-            "paths": [{"name": p.ifname, "addr": str(IPv4Address(p.addr))} for p in self.paths],
+            "scheduler": self.scheduler,
+            "paths": [{"name": p.ifname, "addr": str(IPv4Address(p.addr)) if p.addr else None, "usable": p.usable,
+                       "role": "backup" if p.backup else "regular"} for p in self.paths],
             "uptime": time.time() - self.started, "listener_port": self.listener_port,
             "connections": self.conns.describe(), "counters": snapshot,
             "rewrite": self.dp.rewrite_counters(),
@@ -252,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run-dir", required=True)
     p.add_argument("--ready-fd", type=int)
     p.add_argument("--checksums", action="store_true")
+    p.add_argument("--scheduler", default=_sched.DEFAULT, choices=sorted(_sched.SCHEDULERS))
+    p.add_argument("--backup", action="append", default=[], metavar="IFACE")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s mptun[%(process)d] %(levelname)s %(message)s")
     _raise_fd_limit()
@@ -268,7 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         cfg = netcfg.NetConfig(**json.loads(args.config))
-        daemon = Daemon(cfg, args.run_dir, checksums=args.checksums)
+        daemon = Daemon(cfg, args.run_dir, checksums=args.checksums, scheduler=args.scheduler,
+                        backup=tuple(args.backup))
         daemon.setup()
     except netcfg.NetcfgError as e:
         _ready(args.ready_fd, f"error: {e}")

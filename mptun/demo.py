@@ -1,8 +1,7 @@
 """A transfer a person can watch: `mptun up` on an emulated two-path network, a plain app downloads.
 
 Part 1: mptun turns a plain TCP download into an MPTCP connection that the
-server's Linux kernel accepts (one subflow today: the second path joins when
-MP_JOIN lands). Part 2, for reference: the kernel's own MPTCP on both ends of
+server's Linux kernel accepts, with a subflow on each path (MP_JOIN). Part 2, for reference: the kernel's own MPTCP on both ends of
 the same network, using both paths and surviving one of them going down.
 """
 
@@ -117,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             status = json.loads(_mptun(lab, run_dir, "status", "--json").stdout)
             counters = {k: v for k, v in status.get("counters", {}).items() if v}
             print(f"  mptun status: counters {counters}")
-            print("  (mptun opens one subflow per connection today; using every path at once comes next)\n")
+            print("  (a subflow on every path; failover when an interface goes away: tests/netns/test_multipath.py)\n")
         finally:
             _mptun(lab, run_dir, "down", check=False)
 

@@ -10,15 +10,17 @@ raise. DSNs are unwrapped Python ints; only what goes on the wire is taken mod 2
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 from mptun import impl
 from mptun.core import options as _options
 from mptun.core import pm as _pm
 from mptun.core import scheduler as _sched
 from mptun.core import segopts as so
-from mptun.core.events import (Closed, ControlSegment, Event, OpenSubflow, RefuseApp, ReleaseAppSyn,
+from mptun.core.events import (Closed, CloseSubflow, ControlSegment, Event, OpenSubflow, RefuseApp, ReleaseAppSyn,
                                ShutdownSubflow)
 from mptun.core.mib import Counters
+from mptun.core.multipath import Multipath
 from mptun.core.recv import ReceivePath
 from mptun.core.send import FinVerdict, SendPath
 from mptun.core.seqspace import M64, u32
@@ -32,8 +34,12 @@ _ck = impl.load("checksum")
 
 # Bytes read from the app and kept until DATA_ACKed (reinjection needs them).
 SEND_BUFFER = 8 << 20
-# The reassembly ring: what was read from subflows and not yet written to the app.
-RECV_BUFFER = 1 << 20
+# The reassembly ring: what was read from subflows and not yet written to the app. Bytes that
+# would land beyond it stay in their kernel socket (ReceivePath.room_for); each subflow socket's
+# window is clamped to SUBFLOW_WINDOW, so the peer can never send further than the ring reaches
+# ahead of a hole that must be filled on that same subflow (data a dead subflow carried).
+RECV_BUFFER = 4 << 20
+SUBFLOW_WINDOW = RECV_BUFFER // 4
 # The kernel gives up on a SYN after ~127 s (tcp_syn_retries 6): past this the connection is dead.
 CONNECT_TIMEOUT = 140.0
 # The app's handshake with the listener takes one local round trip once its SYN is released;
@@ -49,7 +55,7 @@ class Connection:
 
     def __init__(self, conn_id: int, key: int, now: float, counters: Counters, *,
                  checksums: bool = False, scheduler: _sched.Scheduler | None = None,
-                 path_manager: _pm.PathManager | None = None,
+                 path_manager: _pm.PathManager | None = None, rand32: Callable[[], int] | None = None,
                  send_buffer: int = SEND_BUFFER, recv_buffer: int = RECV_BUFFER):
         self.id = conn_id
         self.key = key
@@ -57,7 +63,10 @@ class Connection:
         self.idsn = crypto.key_idsn(key)
         self.counters = counters
         self.pm = path_manager or _pm.SinglePath()
+        # MP_JOIN nonces: the edge passes a real random source; the default is for tests.
+        self.mp = Multipath(self, self.pm, rand32 or _counter32(key))
         self.created = now
+        self.last_now = now
         self.state = ConnState.CONNECTING
         self.mode: Mode | None = None
         self.want_checksums = checksums
@@ -94,8 +103,15 @@ class Connection:
         return self.send.eof
 
     @property
+    def peer_token(self) -> int:
+        return crypto.key_token(self.peer_key)
+
+    @property
     def over(self) -> bool:
         return self.state in (ConnState.ABORTED, ConnState.CLOSED)
+
+    def emit(self, event: Event) -> None:
+        self._events.append(event)
 
     def events(self) -> list[Event]:
         """What the edge must do now, in order (drains the queue)."""
@@ -115,23 +131,26 @@ class Connection:
             return
         self._events.append(OpenSubflow(path))
 
-    def subflow_opened(self, path: int, local_port: int) -> Subflow:
+    def subflow_opened(self, path: int, local_port: int, remote_id: int = 0) -> Subflow:
         """The edge made the socket an OpenSubflow asked for (before connect: its SYN follows)."""
-        initial = not self.subflows
-        sf = Subflow(self, path, local_port, _pm.address_id(path, initial),
-                     SubflowKind.INITIAL if initial else SubflowKind.JOIN)
-        self.subflows.append(sf)
-        return sf
+        return self.mp.new_subflow(path, local_port, remote_id)
 
-    def subflow_open_failed(self, path: int) -> None:
+    def subflow_open_failed(self, path: int, remote_id: int = 0) -> None:
         """The socket for an OpenSubflow could not be made (the edge counted why)."""
         if not self.subflows:
             self.abort("connect_errors")
+        else:
+            self.mp.join_failed(path, remote_id)
 
     def subflow_connected(self, sf: Subflow, now: float) -> None:
         """sf's socket finished its handshake."""
-        sf.connected()
-        if self.state != ConnState.CONNECTING or sf.kind != SubflowKind.INITIAL:
+        self.last_now = now
+        became = sf.connected()
+        if sf.kind == SubflowKind.JOIN:
+            if became:
+                self.joined(sf)
+            return
+        if self.state != ConnState.CONNECTING:
             return
         self.state = ConnState.ESTABLISHED
         if self.mode is None:
@@ -143,22 +162,65 @@ class Connection:
         # app as it would without mptun.
         self._events.append(ReleaseAppSyn())
 
-    def subflow_connect_failed(self, sf: Subflow, reason: str, detail: str) -> None:
-        """sf's connect failed; reason is "refused", "connect_timeouts" or "connect_errors"."""
+    def subflow_connect_failed(self, sf: Subflow, reason: str, detail: str, icmp_code: int | None = None) -> None:
+        """sf's connect failed; reason is "refused", "unreachable", "connect_timeouts" or "connect_errors";
+        icmp_code: the ICMP unreachable code that gives the app the same error (None: none does)."""
         sf.close()
+        if sf.kind == SubflowKind.JOIN:
+            # A join the peer refused (it may limit subflows) or never answered: the connection
+            # goes on; that pair is tried again later.
+            self.counters["join_failures"] += 1
+            self._events.append(CloseSubflow(sf, reset=False))
+            self.mp.join_failed(sf.path, sf.remote_id)
+            return
         if self.state != ConnState.CONNECTING:
             self.abort("resets_from_peer")
             return
         self.counters[reason] += 1
         self.state = ConnState.ABORTED
         self.error = detail
-        if reason == "refused":
-            self._events.append(RefuseApp())
+        if reason == "refused" or icmp_code is not None:
+            self._events.append(RefuseApp(icmp_code))
         self._events.append(Closed(reset=False, reason=detail))
 
     def subflow_reset(self, sf: Subflow) -> None:
-        """sf's socket failed after it connected (the peer's RST)."""
+        """sf's socket failed after it connected (the peer's RST): the connection goes on over the
+        others; if it was the last, the connection is over."""
+        if sf.retiring:
+            self.mp.retire_now(sf)
+            return
+        if self.mode == Mode.MPTCP and self.mp.others_alive(sf):
+            self.mp.lose(sf, "subflow_resets", reset=False)
+            return
         self.abort("resets_from_peer")
+
+    def joined(self, sf: Subflow) -> None:
+        """A join became established: it may carry data now."""
+        self.counters["subflows_joined"] += 1
+        sf.progress_at = 0.0
+
+    def join_refused(self, sf: Subflow, synack_ack: int, reason: str) -> None:
+        self.mp.refuse_join(sf, synack_ack, reason)
+
+    # ------------------------------------------------------------ paths and the peer's addresses
+
+    def path_changed(self, path: int, now: float) -> None:
+        """Path `path` became usable or unusable, or its role changed (the path manager's table says
+        which). Before a path goes, the edge reads its subflows out: what their sockets hold was
+        acknowledged to the peer already."""
+        self.last_now = now
+        if self.mode == Mode.MPTCP and not self.over:
+            self.mp.path_changed(path, now)
+
+    def peer_added(self, sf: Subflow, address_id: int, addr: bytes, port: int | None) -> None:
+        self.mp.peer_added(sf, address_id, addr, port)
+
+    def peer_removed(self, ids: bytes) -> None:
+        self.mp.peer_removed(ids)
+
+    def closing_down(self) -> bool:
+        """No new subflows are worth opening: aborting, or both directions delivered."""
+        return self._abort_after is not None or (self.app_eof and self.app_shut)
 
     def on_app_accepted(self) -> None:
         self.app_accepted = True
@@ -249,6 +311,11 @@ class Connection:
         the socket is full: sf gets nothing more until `subflow_writable`."""
         self.send.written(sf, n)
 
+    def subflow_info(self, sf: Subflow, srtt: float, rttvar: float, cwnd: int, in_flight: int, notsent: int,
+                     mss: int) -> None:
+        """What sf's kernel socket says of itself (TCP_INFO): the scheduler's inputs."""
+        sf.info(srtt, rttvar, cwnd, in_flight, notsent, mss)
+
     def subflow_writable(self, sf: Subflow) -> None:
         sf.write_blocked = False
 
@@ -261,12 +328,12 @@ class Connection:
 
     # ------------------------------------------------------------ data from subflows, to the app
 
-    def subflow_room(self) -> int:
-        """How many bytes may be read from subflow sockets now (reassembly space)."""
-        return self.recv.room()
+    def subflow_room(self, sf: Subflow) -> int:
+        """How many bytes may be read from sf's socket now (reassembly space)."""
+        return self.recv.room_for(sf)
 
     def wants_subflow_read(self, sf: Subflow) -> bool:
-        return not sf.eof and not sf.closed and self.recv.room() > 0
+        return not sf.eof and not sf.closed and self.recv.room_for(sf) > 0
 
     def subflow_data(self, sf: Subflow, data) -> None:
         """Bytes read from sf's socket: placed by the peer's mappings into the reassembly."""
@@ -276,6 +343,10 @@ class Connection:
 
     def subflow_eof(self, sf: Subflow) -> None:
         sf.eof = True
+        if self.mode == Mode.MPTCP and not self.closing_down() and self.mp.others_alive(sf):
+            # The peer closed this subflow only (RFC 8684 3.3.3: not a DATA_FIN).
+            self.mp.lose(sf, "subflows_closed_by_peer", reset=False)
+            return
         if self.mode == Mode.MPTCP and not any(not s.eof and not s.closed for s in self.subflows):
             # The last subflow ended without a DATA_FIN: nothing more can arrive.
             self.recv.last_subflow_ended()
@@ -309,6 +380,7 @@ class Connection:
         the DATA_ACK of the peer's bare DATA_FIN, window probes, the end of the connection."""
         if self.over:
             return
+        self.last_now = now
         if self._abort_after is not None:
             # Flushing before MP_FASTCLOSE: no DATA_FIN, no DATA_ACK, nothing but the app's bytes.
             if now >= self._abort_after[0] or self._flushed():
@@ -329,6 +401,7 @@ class Connection:
                 self._subflows_shut = True
                 self._events.extend(ShutdownSubflow(s) for s in self.subflows if not s.closed)
         elif self.mode == Mode.MPTCP:
+            self.mp.poll(now)
             self._control_segments(now)
             if self.over:
                 return
@@ -345,8 +418,11 @@ class Connection:
         times = [self._abort_after[0]] if self._abort_after is not None else []
         if not self.app_accepted and self.connected_at is not None:
             times.append(self.connected_at + APP_ACCEPT_TIMEOUT)
-        if self.mode == Mode.MPTCP and (t := self.send.deadline()) is not None:
-            times.append(t)
+        if self.mode == Mode.MPTCP:
+            if (t := self.send.deadline()) is not None:
+                times.append(t)
+            if (t := self.mp.deadline()) is not None:
+                times.append(t)
         return min(times) if times else None
 
     def _control_segments(self, now: float) -> None:
@@ -381,10 +457,17 @@ class Connection:
                 self.counters["data_fin_acks_sent"] += 1
 
     def _control_subflow(self) -> Subflow | None:
+        fallback = None
         for s in self.subflows:
             if s.established and s.snd_nxt is not None and s.last_ack is not None:
-                return s
-        return None
+                if not s.stale:
+                    return s
+                fallback = fallback or s
+        return fallback
+
+    def send_control(self, sf: Subflow, mptcp_options: bytes) -> None:
+        """A pure ACK of ours on sf (options beside the timestamps)."""
+        self._send_control(sf, mptcp_options)
 
     def _send_control(self, sf: Subflow, mptcp_options: bytes, seq: int | None = None) -> None:
         self._events.append(ControlSegment(sf, sf.snd_nxt if seq is None else seq, sf.last_ack, sf.last_window,
@@ -402,5 +485,16 @@ class Connection:
         return {"id": self.id, "state": str(self.state), "mode": str(self.mode or "handshake"),
                 "token": f"{self.token:08x}", "bytes_from_app": self.bytes_from_app,
                 "bytes_to_app": self.bytes_to_app, "error": self.error,
+                "peer_addresses": sorted(self.mp.remotes),
                 "subflows": [s.describe() for s in self.subflows]}
 
+
+
+def _counter32(key: int) -> Callable[[], int]:
+    """Deterministic 32-bit values from key (tests); the daemon passes a real random source."""
+    state = [key]
+
+    def nxt() -> int:
+        state[0] = (state[0] * 6364136223846793005 + 1442695040888963407) & M64
+        return state[0] >> 32
+    return nxt

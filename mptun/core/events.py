@@ -17,8 +17,20 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True)
 class OpenSubflow:
-    """Create a kernel socket on path `path` towards the connection's destination and connect it."""
+    """Create a kernel socket on path `path` and connect it: towards the connection's destination,
+    or (an MP_JOIN to an address the peer advertised) towards `addr`:`port` (None: the destination's
+    port). Report it with `subflow_opened(path, port, remote_id)`."""
     path: int
+    remote_id: int = 0
+    addr: bytes | None = None
+    port: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CloseSubflow:
+    """Close one subflow's socket (reset: with RST; its last packets still pass the datapath)."""
+    subflow: Subflow
+    reset: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,13 +41,15 @@ class ShutdownSubflow:
 
 @dataclass(frozen=True, slots=True)
 class ControlSegment:
-    """A pure ACK mptun sends itself on a subflow (bare DATA_FIN, DATA_ACK of the peer's DATA_FIN,
-    a data-level window probe): sequence and ACK numbers, window and the complete options area."""
+    """A segment mptun sends itself on a subflow: a pure ACK (bare DATA_FIN, DATA_ACK of the peer's
+    DATA_FIN, a data-level window probe, REMOVE_ADDR, MP_PRIO, an ADD_ADDR echo) or a RST (MP_TCPRST
+    for a join that failed): sequence and ACK numbers, window, the complete options area, flags."""
     subflow: Subflow
     seq: int
     ack: int
     window: int
     options: bytes
+    flags: int = 0x10    # TCP_ACK
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +59,10 @@ class ReleaseAppSyn:
 
 @dataclass(frozen=True, slots=True)
 class RefuseApp:
-    """The destination refused the connection: answer the app's held SYN with a RST."""
+    """The destination refused the connection (icmp_code None: answer the app's held SYN with a
+    RST), or the network said it is unreachable (answer with an ICMP destination unreachable of
+    that code, so the app's connect fails with the error the subflow's got)."""
+    icmp_code: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,4 +73,4 @@ class Closed:
     reason: str | None
 
 
-Event = OpenSubflow | ShutdownSubflow | ControlSegment | ReleaseAppSyn | RefuseApp | Closed
+Event = OpenSubflow | CloseSubflow | ShutdownSubflow | ControlSegment | ReleaseAppSyn | RefuseApp | Closed

@@ -17,7 +17,7 @@ from mptun.core import segopts as so
 from mptun.core.send import CHUNK_MAX
 from mptun.core.states import PEER_ABORTS, ConnState, Mode
 from mptun.core.seqspace import M64, expand_dsn, u32
-from mptun.core.subflow import Subflow, SubflowKind
+from mptun.core.subflow import Subflow, SubflowKind, SubflowState
 from mptun.wire import crypto
 from mptun.wire import mptcp as w
 from mptun.wire.tcpip import TCP_ACK, TCP_RST, TCP_SYN
@@ -33,6 +33,9 @@ def outgoing(conn: Connection, sf: Subflow, seq: int, ack: int, flags: int, payl
     None to drop it (the reason is counted; TCP retransmits it)."""
     if flags & TCP_SYN:
         sf.seen_syn(seq, window, so.wscale_of(options))
+        if sf.kind == SubflowKind.JOIN:
+            # RFC 8684 3.2: the peer's token, our nonce, the local address's ID, our priority.
+            return _opt.emit_mp_join_syn(sf.backup, sf.address_id, conn.peer_token, sf.nonce)
         if conn.mode == Mode.FALLBACK:
             return b""
         # RFC 8684 3.1: MP_CAPABLE in the SYN, version 1, H (HMAC-SHA256); A if we want checksums.
@@ -46,12 +49,22 @@ def outgoing(conn: Connection, sf: Subflow, seq: int, ack: int, flags: int, payl
         if conn.state == ConnState.ABORTED and conn.error not in PEER_ABORTS and conn.peer_key is not None:
             # RFC 8684 3.5: MP_FASTCLOSE with the peer's key on a RST closes the whole connection.
             return _opt.emit_mp_fastclose(conn.peer_key & M64)
+        if sf.closed:
+            # One subflow closed (its path went, the peer removed its address, it stalled):
+            # RFC 8684 3.6 says why; the connection goes on over the others.
+            return _opt.emit_mp_tcprst(0, sf.rst_reason)
         return b""
     if flags & TCP_ACK:
         sf.note_kernel_ack(ack)
+    if sf.kind == SubflowKind.JOIN and sf.state in (SubflowState.SYNACK_SEEN, SubflowState.PRE_ESTABLISHED):
+        if payload_len or sf.join_hmac is None:
+            return conn.drop("segments_unmapped")   # nothing is written before the join is established
+        # RFC 8684 3.2: the third ACK carries our 160-bit HMAC; repeated until the peer answers.
+        sf.third_ack_sent(conn.last_now)
+        return _opt.emit_mp_join_ack(sf.join_hmac)
 
     rel = sf.out_offset(seq) if payload_len else 0
-    if not conn.peer_dss_seen:
+    if not conn.peer_dss_seen and sf.kind == SubflowKind.INITIAL:
         # RFC 8684 3.1: until the peer's first DSS, the third ACK's MP_CAPABLE is repeated,
         # and the first data carries both keys and the data-level length (in case the third
         # ACK was lost: the passive opener creates its socket from whichever arrives).
@@ -82,6 +95,8 @@ def incoming(conn: Connection, sf: Subflow, seq: int, ack: int, flags: int, payl
              o: dict | None) -> bool:
     """Record what the peer's segment says; False: drop it (the reason is counted)."""
     if flags & TCP_SYN:
+        if sf.kind == SubflowKind.JOIN:
+            return _join_synack(conn, sf, seq, ack, window, o)
         return _synack(conn, sf, seq, window, o)
     if conn.mode != Mode.MPTCP:
         return True
@@ -92,6 +107,9 @@ def incoming(conn: Connection, sf: Subflow, seq: int, ack: int, flags: int, payl
     if flags & TCP_ACK and not sf.note_peer_ack(ack, CHUNK_MAX):
         conn.counters["acks_of_unsent_data"] += 1
         return False
+    if sf.kind == SubflowKind.JOIN and not flags & TCP_RST and sf.join_acked():
+        # RFC 8684 3.2: the peer answered our third ACK (the fourth ACK): the subflow may carry data.
+        conn.joined(sf)
     subs = o["suboptions"]
     if subs & so.SUBOPT_DSS:
         _dss(conn, sf, seq, payload_len, window, o)
@@ -100,6 +118,48 @@ def incoming(conn: Connection, sf: Subflow, seq: int, ack: int, flags: int, payl
         conn.abort("fastclose_from_peer")
     if subs & so.SUBOPT_MP_FAIL:
         conn.counters["mp_fail_from_peer"] += 1
+    if subs & so.SUBOPTS_PATH:
+        _path_options(conn, sf, subs, o)
+    if flags & TCP_RST and subs & so.SUBOPT_MP_TCPRST:
+        conn.counters["tcprst_from_peer"] += 1
+    return True
+
+
+def _path_options(conn: Connection, sf: Subflow, subs: int, o: dict) -> None:
+    """The peer's MP_PRIO, ADD_ADDR and REMOVE_ADDR (RFC 8684 3.3.8, 3.4)."""
+    if subs & so.SUBOPT_MP_PRIO:
+        sf.peer_backup = bool(o["prio_backup"])
+    if subs & so.SUBOPT_ADD_ADDR and not o["add_addr_echo"]:
+        if o["add_addr_ipv6"]:
+            conn.counters["add_addr_ignored"] += 1     # the subflows are IPv4 for now
+        else:
+            port = o["add_addr_port"] if o["add_addr_has_port"] else None
+            want = crypto.add_addr_hmac(conn.peer_key, conn.key, o["add_addr_id"], o["add_addr_address"], port)
+            if want != o["add_addr_hmac"]:
+                conn.counters["add_addr_hmac_failures"] += 1
+            else:
+                conn.peer_added(sf, o["add_addr_id"], bytes(o["add_addr_address"]), port)
+    if subs & so.SUBOPT_REMOVE_ADDR:
+        conn.peer_removed(bytes(o["remove_ids"]))
+
+
+def _join_synack(conn: Connection, sf: Subflow, seq: int, ack: int, window: int, o: dict) -> bool:
+    """The peer's SYN/ACK of our MP_JOIN: its HMAC proves it knows both keys (RFC 8684 3.2). A
+    wrong or missing one: the subflow is reset with MP_TCPRST and never joins; the SYN/ACK is
+    not delivered, so our kernel socket never connects."""
+    if not sf.seen_synack(seq, o["wscale"] if o["present"] & so.HAS_WSCALE else 0):
+        return sf.join_hmac is not None   # a retransmission: decided already
+    ok = o["suboptions"] & so.SUBOPT_MP_JOIN and o["join_form"] == so.JOIN_FORM_SYNACK
+    if ok:
+        want = crypto.join_synack_hmac(conn.peer_key, conn.key, o["join_nonce"], sf.nonce)
+        ok = want == o["join_truncated_hmac"]
+    if not ok:
+        conn.join_refused(sf, ack, "join_hmac_failures" if o["suboptions"] & so.SUBOPT_MP_JOIN
+                          else "join_without_mp_join")
+        return False
+    sf.peer_nonce = o["join_nonce"]
+    sf.peer_backup = bool(o["join_backup"])
+    sf.join_hmac = crypto.join_ack_hmac(conn.key, conn.peer_key, sf.nonce, sf.peer_nonce)
     return True
 
 def _synack(conn: Connection, sf: Subflow, seq: int, window: int, o: dict) -> bool:

@@ -102,6 +102,24 @@ class ReceivePath:
             return max(0, self.limit - len(self.plain))
         return self.assembler.window() if self.assembler is not None else 0
 
+    def room_for(self, sf: Subflow) -> int:
+        """How many bytes may be read from sf's socket now: only what lands inside the reassembly
+        ring. Bytes mapped further ahead (a fast subflow running ahead of a slow one's hole) stay in
+        the kernel socket, whose window then closes: never read and refused, as our kernel
+        acknowledged them already and the peer would not send them again."""
+        room = self.room()
+        if self.plain is not None or room <= 0:
+            return room
+        m = sf.peer_maps.lookup(sf.read_ssn)
+        if m is None:
+            return room
+        start, dsn, length = m
+        asm = self.assembler
+        ahead = dsn + sf.read_ssn - start - unwrap64(self.rcv_ref, asm.read_dsn)
+        if length == INFINITE:
+            return max(0, min(room, asm.capacity - ahead))
+        return max(0, min(asm.capacity - ahead, start + length - sf.read_ssn))
+
     def place(self, sf: Subflow, data) -> str | None:
         """Bytes read from sf's socket, placed by the peer's mappings; a reason if the connection must reset."""
         n = len(data)
@@ -125,7 +143,10 @@ class ReceivePath:
                 return "dss_checksum_failures"
             # Bytes mapped below what is held are duplicates (Linux's zero-window probes):
             # the assembler keeps the first copy and never overwrites it.
-            asm.insert((dsn + (off - start)) & M64, piece)
+            stored = asm.insert((dsn + (off - start)) & M64, piece)
+            if stored < take:
+                # Already held: a reinjected or redundant copy, or a zero-window probe's byte.
+                self.counters["duplicate_data"] += take - stored
             sf.read_ssn += take
             pos += take
         sf.peer_maps.prune_below(sf.read_ssn)
@@ -203,12 +224,15 @@ class ReceivePath:
             return self.data_ack_sent
         asm = self.assembler
         base = unwrap64(self.rcv_ref, asm.next_dsn)
-        key = (base, tuple((s.read_ssn, s.kernel_ack_ssn, s.peer_maps.version) for s in subflows), self.fin_dsn)
+        # A closed subflow's socket is gone: only what was read from it counts.
+        key = (base, tuple((s.read_ssn, s.kernel_ack_ssn, s.peer_maps.version, s.closed) for s in subflows),
+               self.fin_dsn)
         if key == self._dack_key:
             return self._dack
         runs = []
         for s in subflows:
-            runs.extend(s.peer_maps.runs(s.read_ssn, s.kernel_ack_ssn))
+            if not s.closed:
+                runs.extend(s.peer_maps.runs(s.read_ssn, s.kernel_ack_ssn))
         runs.extend((unwrap64(base, a), unwrap64(base, b)) for a, b in asm.ranges())
         runs.sort()
         ack = base

@@ -10,6 +10,7 @@ is plain TCP: no mappings, no window of ours, the kernel socket is the only copy
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 from enum import Enum
 
@@ -18,7 +19,7 @@ from mptun.core.mib import Counters
 from mptun.core.scheduler import Scheduler
 from mptun.core.sendbuf import SendBuffer
 from mptun.core.seqspace import M64, u32
-from mptun.core.subflow import Subflow
+from mptun.core.subflow import Subflow, SubflowKind
 
 _ck = impl.load("checksum")
 
@@ -60,6 +61,7 @@ class SendPath:
         self.all_acked_at: float | None = None
         self.persist_at: float | None = None
         self.persist_rto = PERSIST_INITIAL
+        self.reinject: deque[tuple[int, int]] = deque()   # DSN ranges [from, to) to send again
 
     # ------------------------------------------------------------ the peer's side
 
@@ -104,20 +106,67 @@ class SendPath:
         return n
 
     def next_write(self, subflows: Sequence[Subflow], first_data: bool) -> tuple[Subflow, memoryview] | None:
-        """A partly written chunk first (MSG_EOR keeps one mapping per chunk), else a new chunk on the
-        subflow the scheduler picks. first_data: the peer has not spoken DSS yet (RFC 8684 3.1)."""
+        """A partly written chunk first (MSG_EOR keeps one mapping per chunk), then ranges to reinject,
+        then new data, each on the subflow the scheduler picks. first_data: the peer has not spoken
+        DSS yet (RFC 8684 3.1). Backups carry data only while no regular subflow works."""
         for sf in subflows:
             if sf.chunk is not None and sf.usable:
                 return sf, memoryview(sf.chunk[1])[sf.chunk[2]:]
-        if self.sendable() <= 0:
+        if self.plain:
+            if self.buf.unsent() <= 0:
+                return None
+            for sf in subflows:
+                if sf.usable:
+                    return sf, self._new_chunk(sf, first_data)
             return None
-        candidates = [s for s in subflows if s.usable and s.chunk is None]
+        working = [s for s in subflows if s.working and not (s.backup or s.peer_backup)]
+        if not working:
+            working = [s for s in subflows if s.working]
+        candidates = [s for s in working if not s.write_blocked and s.chunk is None]
         if not candidates:
             return None
-        sf = self.scheduler.pick(self, candidates)
+        while self.reinject:
+            dsn, end = self.reinject[0]
+            dsn = max(dsn, self.buf.una)
+            if dsn >= end:
+                self.reinject.popleft()
+                continue
+            sf = self.scheduler.pick(self, candidates, working)
+            if sf is None:
+                return None
+            n = min(CHUNK_MAX, end - dsn)
+            if dsn + n >= end:
+                self.reinject.popleft()
+            else:
+                self.reinject[0] = (dsn + n, end)
+            self.counters["reinjected_bytes"] += n
+            return sf, self._chunk(sf, dsn, self.buf.take_at(dsn, n), first_data)
+        if self.scheduler.redundant:
+            return self._redundant(candidates, working, first_data)
+        if self.sendable() <= 0:
+            return None
+        sf = self.scheduler.pick(self, candidates, working)
         if sf is None:
             return None
         return sf, self._new_chunk(sf, first_data)
+
+    def _redundant(self, candidates: Sequence[Subflow], working: Sequence[Subflow],
+                   first_data: bool) -> tuple[Subflow, memoryview] | None:
+        """Each subflow carries the whole stream from its own cursor (never below the DATA_ACK)."""
+        buf = self.buf
+        limit = buf.end if self.peer_wnd_end is None else min(buf.end, self.peer_wnd_end)
+        ready = [s for s in candidates if self._cursor(s) < limit]
+        sf = self.scheduler.pick(self, ready, working) if ready else None
+        if sf is None:
+            return None
+        dsn = self._cursor(sf)
+        data = buf.take_at(dsn, min(CHUNK_MAX, limit - dsn))
+        sf.dsn_cursor = dsn + len(data)
+        return sf, self._chunk(sf, dsn, data, first_data)
+
+    def _cursor(self, sf: Subflow) -> int:
+        """Where redundant scheduling continues on sf: its next DSN, never below the DATA_ACK."""
+        return self.buf.una if sf.dsn_cursor is None else max(sf.dsn_cursor, self.buf.una)
 
     def _new_chunk(self, sf: Subflow, first_data: bool) -> memoryview:
         if self.plain:
@@ -125,16 +174,36 @@ class SendPath:
             sf.chunk = [dsn, data, 0]
             return memoryview(data)
         dsn, data = self.buf.take_new(min(CHUNK_MAX, self.sendable()))
+        return self._chunk(sf, dsn, data, first_data)
+
+    def _chunk(self, sf: Subflow, dsn: int, data: bytes, first_data: bool) -> memoryview:
+        """data (at dsn) becomes sf's next chunk: one mapping at the subflow's next offset."""
         n = len(data)
         ssn = sf.write_ssn
         added = sf.our_maps.add(ssn, dsn, n)
         assert added, "our mappings never overlap"
         if self.checksums:
             sf.our_csums[ssn] = _ck.dss_checksum(dsn & M64, u32(ssn), n, data)
-        if ssn == 1 and first_data:
+        if ssn == 1 and first_data and sf.kind == SubflowKind.INITIAL:
             sf.first_chunk_len = n
         sf.chunk = [dsn, data, 0]
         return memoryview(data)
+
+    def reinject_from(self, sf: Subflow, closing: bool = True) -> int:
+        """Everything sf carried that the peer has not acknowledged goes out again on the others
+        (sf died or stalled); returns the bytes queued. The data-level copy is in the buffer. A
+        stalled subflow keeps its half-written chunk: it is finished there, so mappings stay whole."""
+        una = self.buf.una
+        queued = 0
+        for _start, dsn, length in sf.our_maps:
+            lo, hi = max(dsn, una), dsn + length
+            if hi > lo:
+                self.reinject.append((lo, hi))
+                queued += hi - lo
+        if closing:
+            sf.chunk = None
+        sf.dsn_cursor = None
+        return queued
 
     def written(self, sf: Subflow, n: int) -> None:
         chunk = sf.chunk
@@ -142,6 +211,7 @@ class SendPath:
         left = len(chunk[1]) - chunk[2]
         chunk[2] += n
         sf.write_ssn += n
+        sf.notsent += n
         if n < left:
             sf.write_blocked = True
         if chunk[2] == len(chunk[1]):
@@ -150,11 +220,22 @@ class SendPath:
             sf.chunk = None
 
     def wants_write(self, sf: Subflow) -> bool:
-        return sf.write_blocked and not sf.closed and (sf.chunk is not None or self.sendable() > 0)
+        if not sf.write_blocked or sf.closed:
+            return False
+        if sf.chunk is not None or self.sendable() > 0 or self._reinject_pending():
+            return True
+        return self.scheduler.redundant and self._cursor(sf) < self.buf.end
+
+    def _reinject_pending(self) -> bool:
+        """Ranges wait to be sent again (those the peer has acknowledged meanwhile are dropped)."""
+        q = self.reinject
+        while q and q[0][1] <= self.buf.una:
+            q.popleft()
+        return bool(q)
 
     def all_written(self, subflows: Sequence[Subflow]) -> bool:
         """Every app byte is in a kernel socket (and so the FIN/DATA_FIN may follow)."""
-        return self.buf.unsent() == 0 and all(s.chunk is None for s in subflows)
+        return self.buf.unsent() == 0 and not self._reinject_pending() and all(s.chunk is None for s in subflows)
 
     # ------------------------------------------------------------ our DATA_FIN, the persist timer
 

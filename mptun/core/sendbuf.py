@@ -44,6 +44,13 @@ class SendBuffer:
         self.nxt = dsn + len(data)
         return dsn, data
 
+    def take_at(self, dsn: int, n: int) -> bytes:
+        """Up to n held bytes from dsn on, for a subflow (a copy, or a range again): nxt moves past them."""
+        data = self.slice(dsn, min(n, self.end - dsn))
+        if dsn + len(data) > self.nxt:
+            self.nxt = dsn + len(data)
+        return data
+
     def unsent(self) -> int:
         return self.end - self.nxt
 

@@ -37,13 +37,38 @@ class SubflowState(StrEnum):
 
 class Subflow:
     def __init__(self, conn: Connection, path: int, local_port: int, address_id: int,
-                 kind: SubflowKind = SubflowKind.INITIAL):
+                 kind: SubflowKind = SubflowKind.INITIAL, *, remote_id: int = 0, nonce: int = 0,
+                 backup: bool = False):
         self.conn = conn
         self.path = path
         self.local_port = local_port
         self.address_id = address_id   # of the path's local address (RFC 8684 3.2, 3.4)
+        self.remote_id = remote_id     # of the peer's address it goes to (0: the destination's)
         self.kind = kind
         self.state = SubflowState.SYN_SENT
+        self.sock_connected = False    # the kernel socket finished its handshake
+        self.nonce = nonce             # MP_JOIN: our random number (RFC 8684 3.2)
+        self.peer_nonce = 0
+        self.join_hmac: bytes | None = None   # our third ACK's HMAC, once the peer's checked out
+        self.peer_answered = False     # the peer's first segment after our third ACK arrived
+        self.rst_reason = 0            # MP_TCPRST reason when mptun resets it (RFC 8684 3.6)
+        self.third_ack_at = 0.0        # when our third ACK last went out (resent until answered)
+        self.third_ack_rto = 0.2
+        self.retiring = False          # being closed: read out first (its socket holds acknowledged bytes)
+        self.close_reset = True
+        self.backup = backup           # our priority for it: backup (MP_JOIN B bit, MP_PRIO)
+        self.peer_backup = False       # the peer's (its SYN/ACK's B bit, its MP_PRIO)
+        self.prio_pending = False      # an MP_PRIO for our role change must go out on it
+        self.stale = False             # made no progress while another did: not scheduled
+        self.progress_at = 0.0         # when the peer last acknowledged new bytes on it (or it started)
+        # From the kernel socket's TCP_INFO (the edge reports it): the scheduler's inputs.
+        self.srtt = 0.0                # smoothed RTT, seconds (0: not known yet)
+        self.rttvar = 0.0
+        self.cwnd = 0                  # congestion window, segments
+        self.in_flight = 0             # segments sent and not acknowledged
+        self.notsent = 0               # bytes written to the socket and not yet sent
+        self.mss = 1400
+        self.dsn_cursor: int | None = None   # redundant scheduling: the next DSN this subflow carries
         self.eof = False               # the kernel socket returned EOF (the peer's FIN)
         self.write_blocked = False     # the kernel socket took less than offered: wait for writability
         self.our_isn: int | None = None
@@ -58,6 +83,7 @@ class Subflow:
         self.read_ssn = 1              # next ssn read out of the kernel socket
         self.kernel_ack_ssn = 1        # our kernel has received everything below this
         self.peer_ack_ssn = 1          # the peer's TCP ACK: it has everything below this
+        self.advanced = False          # peer_ack_ssn moved since the connection last looked
         self.first_chunk_len = 0       # the chunk an MP_CAPABLE with data describes
         self.chunk: list | None = None  # [dsn, bytes, written] being written
         self.mpc_ack_sent = False
@@ -81,6 +107,21 @@ class Subflow:
     def usable(self) -> bool:
         """May be given data now: established, open, and its socket not known to be full."""
         return self.state == SubflowState.ESTABLISHED and not self.write_blocked
+
+    @property
+    def working(self) -> bool:
+        """Established and making progress (a backup carries data only while no regular one works)."""
+        return self.state == SubflowState.ESTABLISHED and not self.stale and not self.retiring
+
+    @property
+    def cwnd_room(self) -> bool:
+        """The congestion window has room (TCP_INFO not seen yet counts as room)."""
+        return self.cwnd == 0 or self.in_flight < self.cwnd
+
+    @property
+    def outstanding(self) -> int:
+        """Bytes written to the socket the peer has not acknowledged."""
+        return self.write_ssn - self.peer_ack_ssn
 
     # ------------------------------------------------------------ segments of ours
 
@@ -137,6 +178,7 @@ class Subflow:
             return False
         if rel > self.peer_ack_ssn:
             self.peer_ack_ssn = rel
+            self.advanced = True
             self.our_maps.prune_below(rel)
             for s in [k for k in self.our_csums if k < rel - chunk_max]:
                 del self.our_csums[s]
@@ -155,14 +197,47 @@ class Subflow:
 
     # ------------------------------------------------------------ lifecycle (called by the Connection)
 
-    def connected(self) -> None:
-        if self.state != SubflowState.CLOSED:
+    def connected(self) -> bool:
+        """The kernel socket connected. An initial subflow is established; a join waits until the
+        peer has acknowledged its third ACK (RFC 8684 3.2). True if it became established now."""
+        self.sock_connected = True
+        if self.state == SubflowState.CLOSED:
+            return False
+        if self.kind == SubflowKind.INITIAL:
             self.state = SubflowState.ESTABLISHED
+            return True
+        return self._join_ready()
+
+    def third_ack_sent(self, now: float) -> None:
+        if self.state == SubflowState.SYNACK_SEEN:
+            self.state = SubflowState.PRE_ESTABLISHED
+            self.third_ack_at = now
+
+    def join_acked(self) -> bool:
+        """The peer's segment after our third ACK on a join (it has our HMAC): True if the subflow
+        became established now (its socket may report connected before or after this)."""
+        if self.state != SubflowState.PRE_ESTABLISHED:
+            return False
+        self.peer_answered = True
+        return self._join_ready()
+
+    def _join_ready(self) -> bool:
+        if self.state == SubflowState.PRE_ESTABLISHED and self.peer_answered and self.sock_connected:
+            self.state = SubflowState.ESTABLISHED
+            return True
+        return False
+
+    def info(self, srtt: float, rttvar: float, cwnd: int, in_flight: int, notsent: int, mss: int) -> None:
+        self.srtt, self.rttvar, self.cwnd, self.in_flight, self.notsent = srtt, rttvar, cwnd, in_flight, notsent
+        if mss:
+            self.mss = mss
 
     def close(self) -> None:
         self.state = SubflowState.CLOSED
 
     def describe(self) -> dict:
         return {"path": self.path, "port": self.local_port, "kind": str(self.kind), "state": str(self.state),
-                "address_id": self.address_id, "established": self.established, "closed": self.closed,
+                "address_id": self.address_id, "remote_id": self.remote_id, "backup": self.backup,
+                "peer_backup": self.peer_backup, "stale": self.stale, "srtt_ms": round(self.srtt * 1000, 2),
+                "cwnd": self.cwnd, "established": self.established, "closed": self.closed,
                 "bytes_out": self.write_ssn - 1, "bytes_in": self.read_ssn - 1}

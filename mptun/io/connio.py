@@ -20,12 +20,13 @@ import time
 from collections.abc import Callable
 
 from mptun.core.connection import Connection
-from mptun.core.events import Closed, ControlSegment, OpenSubflow, RefuseApp, ReleaseAppSyn, ShutdownSubflow
+from mptun.core.events import (Closed, CloseSubflow, ControlSegment, OpenSubflow, RefuseApp, ReleaseAppSyn,
+                               ShutdownSubflow)
 from mptun.core.mib import Counters
 from mptun.core.subflow import Subflow
 from mptun.core.token import TokenTable
-from mptun.io import sockdiag
-from mptun.io.datapath import Datapath
+from mptun.io import sockdiag, subflowio
+from mptun.io.datapath import UNREACH_CODE_OF_ERRNO, Datapath
 from mptun.io.loop import ERROR, READ, WRITE, EventLoop
 from mptun.io.subflows import SubflowSockets
 from mptun.nat.appleg import AppLeg, AppLegTable
@@ -39,7 +40,10 @@ LINGER = 30.0
 READS_PER_EVENT = 8
 APP_WRITES_PER_SERVICE = 16
 
-_CONNECT_FAILURES = {errno.ECONNREFUSED: "refused", errno.ETIMEDOUT: "connect_timeouts"}
+_CONNECT_FAILURES = {errno.ECONNREFUSED: "refused", errno.ETIMEDOUT: "connect_timeouts",
+                     errno.EHOSTUNREACH: "unreachable", errno.ENETUNREACH: "unreachable"}
+# While the app's SYN is held: how often to look whether the app still waits for its connect.
+APP_SYN_CHECK = 1.0
 # Waiting for the app to read everything before its leg gets our FIN: first recheck, and the most.
 DRAIN_CHECK_FIRST = 0.005
 DRAIN_CHECK_MAX = 0.25
@@ -131,7 +135,24 @@ class Connections:
         c.on_timer = lambda now: self.service(c)
         self.by_id[conn.id] = c
         conn.start(now)
+        self.loop.call_at(("app_syn", conn.id), now + APP_SYN_CHECK, lambda now: self._check_app_waiting(c, now))
         self.service(c)
+
+    def _check_app_waiting(self, c: ConnIO, now: float) -> None:
+        """While the app's SYN is held: an app that gave up (closed its socket, its connect timed
+        out) ends the connection, so the subflow's SYN retries stop."""
+        if c.finished or not c.leg.holding_syn or self.by_id.get(c.conn.id) is not c:
+            return
+        leg = c.leg
+        try:
+            waiting = sockdiag.connecting(self.dp.tun_addr, leg.app_port, leg.dst, leg.dst_port)
+        except OSError:
+            waiting = True      # cannot tell: the kernel's SYN retries end it, as before
+        if not waiting:
+            c.conn.abort("app_gone")
+            self.service(c)
+            return
+        self.loop.call_at(("app_syn", c.conn.id), now + APP_SYN_CHECK, lambda now: self._check_app_waiting(c, now))
 
     def on_accept(self, s: socket.socket, fake: bytes, fake_port: int) -> None:
         """The listener accepted an app leg (the app's handshake after its SYN was released)."""
@@ -200,7 +221,7 @@ class Connections:
         if s is None or c.finished:
             return
         conn = c.conn
-        if not sf.established:
+        if not sf.sock_connected:
             if ev & (READ | WRITE):
                 err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 if err == 0:
@@ -210,7 +231,7 @@ class Connections:
                     reason = _CONNECT_FAILURES.get(err, "connect_errors")
                     if reason == "connect_errors":
                         log.info("conn %d to %s: %s", conn.id, c.leg.dst_text, os.strerror(err))
-                    conn.subflow_connect_failed(sf, reason, detail)
+                    conn.subflow_connect_failed(sf, reason, detail, UNREACH_CODE_OF_ERRNO.get(err))
             self.service(c)
             return
         if ev & WRITE:
@@ -219,7 +240,7 @@ class Connections:
             for _ in range(READS_PER_EVENT):
                 if not conn.wants_subflow_read(sf) or conn.over:
                     break
-                want = min(conn.subflow_room(), IO_CHUNK)
+                want = min(conn.subflow_room(sf), IO_CHUNK)
                 try:
                     data = s.recv(want)
                 except BlockingIOError:
@@ -295,6 +316,8 @@ class Connections:
 
     def _write_subflows(self, c: ConnIO) -> None:
         conn = c.conn
+        if len(c.socks) > 1:
+            subflowio.report_info(conn, c.socks)
         while (w := conn.next_write()) is not None:
             sf, data = w
             try:
@@ -327,13 +350,15 @@ class Connections:
     def _carry_out(self, c: ConnIO, event) -> bool:
         """One event of core's; True if the connection is gone (stop servicing it)."""
         if isinstance(event, ControlSegment):
-            self.dp.send_control(event, self.dp.paths[event.subflow.path], c.leg.dst, c.leg.dst_port)
+            self.dp.send_control(event, self.dp.paths[event.subflow.path], *self.subflows.remote_of(event.subflow))
         elif isinstance(event, OpenSubflow):
-            self._open_subflow(c, event.path)
+            self._open_subflow(c, event)
+        elif isinstance(event, CloseSubflow):
+            self._close_subflow(c, event.subflow, event.reset)
         elif isinstance(event, ReleaseAppSyn):
             self.dp.release_syn(c.leg)
         elif isinstance(event, RefuseApp):
-            self.dp.refuse_syn(c.leg)
+            self.dp.refuse_syn(c.leg, event.icmp_code)
         elif isinstance(event, ShutdownSubflow):
             s = c.socks.get(event.subflow)
             if s is not None:
@@ -343,13 +368,43 @@ class Connections:
             return True
         return False
 
-    def _open_subflow(self, c: ConnIO, path: int) -> None:
-        got = self.subflows.open(c.conn, path, c.leg.dst, c.leg.dst_port)
+    def _open_subflow(self, c: ConnIO, ev: OpenSubflow) -> None:
+        if ev.path >= len(self.dp.paths) or not self.dp.paths[ev.path].usable:
+            c.conn.subflow_open_failed(ev.path, ev.remote_id)
+            return
+        dst = ev.addr if ev.addr is not None else c.leg.dst
+        port = ev.port if ev.port is not None else c.leg.dst_port
+        got = self.subflows.open(c.conn, ev.path, dst, port, ev.remote_id)
         if got is None:
             return
         sf, s = got
-        c.attach_subflow(sf, s, lambda ev: self._on_subflow(c, sf, ev))
+        c.attach_subflow(sf, s, lambda e: self._on_subflow(c, sf, e))
         self.loop.watch(s.fileno(), WRITE, c.handlers[sf])
+
+    def _close_subflow(self, c: ConnIO, sf: Subflow, reset: bool) -> None:
+        """One subflow's socket closes; the connection goes on. What it holds is read first."""
+        s = c.socks.pop(sf, None)
+        c.handlers.pop(sf, None)
+        if s is None or s.fileno() < 0:
+            return
+        if sf.sock_connected:
+            subflowio.read_out(c.conn, sf, s)
+        self.loop.forget(s.fileno())
+        subflowio.close(s, reset)
+
+    def path_changed(self, path: int) -> None:
+        """Path `path` went, came back or changed role: every connection hears it; before a path
+        goes, its subflows are read out."""
+        now = time.monotonic()
+        for c in list(self.by_id.values()):
+            if c.finished:
+                continue
+            conn = c.conn
+            for sf, s in list(c.socks.items()):
+                if sf.path == path and sf.sock_connected and not sf.closed:
+                    subflowio.read_out(conn, sf, s)
+            conn.path_changed(path, now)
+            self.service(c)
 
     def _update_interest(self, c: ConnIO) -> None:
         conn = c.conn
@@ -363,8 +418,10 @@ class Connections:
         for sf, s in c.socks.items():
             if sf.closed:
                 continue
-            if not sf.established:
+            if not sf.sock_connected:
                 ev = WRITE      # connecting: writable when the handshake ends
+            elif not sf.established:
+                ev = 0          # a join waiting for the peer's fourth ACK (the datapath sees it)
             else:
                 ev = (READ if conn.wants_subflow_read(sf) else 0) | (WRITE if conn.wants_write(sf) else 0)
             self.loop.watch(s.fileno(), ev, c.handlers[sf])
@@ -374,6 +431,13 @@ class Connections:
 
     def _close(self, c: ConnIO, event: Closed) -> None:
         conn = c.conn
+        if not event.reset:
+            # Each subflow closes once the peer's FIN is in: the TIME_WAIT is the peer's, so the
+            # 4-tuple can be used again at once (docs/datapath.md, "Subflow ports").
+            now = time.monotonic()
+            for s in c.socks.values():
+                self.subflows.retire(self.loop, s, now)
+            c.socks.clear()
         c.close_sockets(self.loop, reset=event.reset)
         self.loop.cancel(c.timer_key, c.drain_key)
         # NAT entries stay while the last FIN/ACKs (or RST) may pass; a connection that never

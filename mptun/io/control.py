@@ -1,4 +1,5 @@
-"""ControlServer: the daemon's Unix socket (`mptun status`): one JSON request line in, one JSON reply out.
+"""ControlServer: the daemon's Unix socket (`mptun status`, `mptun set`): one request line in (a name and
+its arguments, separated by spaces), one JSON reply out.
 
 Only root can reach it (mode 0600 in the run directory). accept() failing at the fd limit pauses
 the socket briefly instead of spinning.
@@ -40,7 +41,7 @@ class AcceptGuard:
 
 
 class ControlServer:
-    def __init__(self, loop: EventLoop, path: str, handlers: dict[str, Callable[[], dict]]):
+    def __init__(self, loop: EventLoop, path: str, handlers: dict[str, Callable[..., dict]]):
         self.loop = loop
         self.path = path
         self.handlers = handlers
@@ -72,8 +73,15 @@ class ControlServer:
             s.settimeout(1.0)
             try:
                 req = s.recv(4096).decode(errors="replace").strip()
-                handler = self.handlers.get(req)
-                reply = handler() if handler is not None else {"error": f"unknown request {req!r}"}
+                name, *args = req.split() or [""]
+                handler = self.handlers.get(name)
+                if handler is None:
+                    reply = {"error": f"unknown request {req!r}"}
+                else:
+                    try:
+                        reply = handler(*args)
+                    except (TypeError, ValueError) as e:
+                        reply = {"error": str(e)}
                 s.sendall(json.dumps(reply).encode() + b"\n")
             except OSError as e:
                 log.warning("control: %s", e)

@@ -16,6 +16,7 @@ import os
 import struct
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Network
+from socket import IPPROTO_ICMP
 
 from mptun import impl
 from mptun.core.connection import Connection, Mode
@@ -37,6 +38,17 @@ HEADROOM = 128
 VNET_F_NEEDS_CSUM = 1
 VNET_F_DATA_VALID = 2
 ETH_P_IP = 0x0800
+# Option bytes the subflow route leaves room for (docs/netcfg.md, "MTU"): a path MTU reported to a
+# subflow socket is lowered by as much, so its segments still fit once the options are added.
+OPTION_HEADROOM = 40
+ICMP_UNREACH = 3
+ICMP_FRAG_NEEDED = 4
+ICMP_TIME_EXCEEDED = 11
+IPV4_MIN_MTU = 68
+# A subflow socket's connect error that an ICMP destination unreachable gives (net/ipv4/icmp.c,
+# icmp_err_convert) -> the code that gives an app's socket the same error.
+UNREACH_CODE_OF_ERRNO = {errno.ENETUNREACH: 0, errno.EHOSTUNREACH: 1, errno.ENOPROTOOPT: 2,
+                         errno.EHOSTDOWN: 7, errno.ENONET: 8}
 
 
 class Datapath:
@@ -44,7 +56,8 @@ class Datapath:
 
     def __init__(self, tun_fd: int, vnet_len: int, tun_addr: IPv4Address, fake_block: IPv4Network,
                  listener_port: int, paths: list[PathIO], legs: AppLegTable, subflows: SubflowSockets,
-                 counters: Counters, new_connection: Callable[[int, bytes, int, bytes], None]):
+                 counters: Counters, new_connection: Callable[[int, bytes, int, bytes], None],
+                 option_headroom: int = OPTION_HEADROOM):
         self.fd = tun_fd
         self.vnet = vnet_len
         self.tun_addr = tun_addr.packed
@@ -52,8 +65,10 @@ class Datapath:
         self.fake_mask = int(fake_block.netmask)
         self.listener_port = listener_port
         self.paths = paths
-        self.by_sub_addr = {p.sub_addr: p for p in paths}
-        self.by_addr = {p.addr: p for p in paths}
+        self.by_sub_addr: dict[bytes, PathIO] = {}
+        self.by_addr: dict[bytes, PathIO] = {}
+        self.refresh_paths()
+        self.option_headroom = option_headroom
         self.legs = legs
         self.subflows = subflows
         self.counters = counters
@@ -70,6 +85,12 @@ class Datapath:
         """The connections whose peer packets this datapath passed since the last call."""
         dirty, self._dirty = self._dirty, set()
         return dirty
+
+    def refresh_paths(self) -> None:
+        """Rebuild the lookups by address from self.paths (call after an interface's address
+        changed). A path without an address has no packets to match."""
+        self.by_sub_addr = {p.sub_addr: p for p in self.paths if p.sub_addr}
+        self.by_addr = {p.addr: p for p in self.paths if p.addr}
 
     def rewrite_counters(self) -> dict[str, int]:
         return {k: v for k, v in self.batch.counters().items() if v}
@@ -131,6 +152,8 @@ class Datapath:
     def _decide(self, i: int):
         status, f = rw.parse(self.batch.view(i), self.vnet)
         if status != rw.OK:
+            if status == rw.MALFORMED_NOT_TCP:
+                return self._icmp_in(i)
             self.counters["malformed_packets"] += 1
             return None
         src = f["src"]
@@ -180,7 +203,7 @@ class Datapath:
         return self
 
     def _subflow_out(self, i: int, f: dict, path: PathIO):
-        sf = self.subflows.lookup(path.index, f["sport"])
+        sf = self.subflows.lookup(path.index, f["sport"], f["dst"], f["dport"])
         if sf is None:
             self.counters["unknown_flow"] += 1
             return None
@@ -194,15 +217,11 @@ class Datapath:
         return path
 
     def _wire_in(self, i: int, f: dict, path: PathIO):
-        sf = self.subflows.lookup(path.index, f["dport"])
+        sf = self.subflows.lookup(path.index, f["dport"], f["src"], f["sport"])
         if sf is None:
             self.counters["unknown_flow"] += 1
             return None
         conn = sf.conn
-        leg = self.legs.by_conn.get(conn.id)
-        if leg is not None and (f["src"] != leg.dst or f["sport"] != leg.dst_port):
-            self.counters["unknown_flow"] += 1
-            return None
         vnet = f["vnet"]
         if vnet is not None and not vnet["flags"] & (VNET_F_NEEDS_CSUM | VNET_F_DATA_VALID):
             # Nobody verified this checksum: check it before trusting any option in it.
@@ -217,11 +236,63 @@ class Datapath:
         if flags & TCP_RST:
             self.counters["rst_from_peer_packets"] += 1
         self._dirty.add(conn)
-        if mptcp:
-            self.batch.set_action(i, strip_mptcp=True, dst=path.sub_addr)
-        else:
+        if not mptcp:
             self.batch.set_action(i, dst=path.sub_addr)
+        elif flags & TCP_SYN and o["present"] & _mo.HAS_MSS and conn.mode == Mode.MPTCP:
+            # The peer's MSS counts every option; the kernel socket counts only its own: it gets
+            # the MSS less the headroom, so its segments fit the peer once mptun's options are in.
+            self.batch.set_action(i, strip_mptcp=True, dst=path.sub_addr,
+                                  clamp_mss=max(o["mss"] - self.option_headroom, IPV4_MIN_MTU))
+        else:
+            self.batch.set_action(i, strip_mptcp=True, dst=path.sub_addr)
         return self
+
+    def _icmp_in(self, i: int):
+        """An ICMP error the capture took for a subflow (its quoted TCP header's source port is in the
+        subflow range): rewritten as if about the subflow socket's own packet, for its kernel to act
+        on (a failed connect, a lower path MTU), and written to the TUN."""
+        pkt = bytearray(self.batch.view(i)[self.vnet:])
+        if len(pkt) < 20 or pkt[0] >> 4 != 4 or pkt[9] != IPPROTO_ICMP:
+            self.counters["malformed_packets"] += 1
+            return None
+        ihl = (pkt[0] & 0x0F) * 4
+        total = int.from_bytes(pkt[2:4], "big")
+        q = ihl + 8                     # the quoted IP header
+        if ihl < 20 or total > len(pkt) or total < q + 20 or pkt[q] >> 4 != 4:
+            self.counters["icmp_malformed"] += 1
+            return None
+        qhl = (pkt[q] & 0x0F) * 4
+        kind, code = pkt[ihl], pkt[ihl + 1]
+        if (qhl < 20 or total < q + qhl + 4 or pkt[q + 9] != 6 or kind not in (ICMP_UNREACH, ICMP_TIME_EXCEEDED)
+                or _ck.internet_checksum(pkt[ihl:total]) != 0):
+            self.counters["icmp_malformed"] += 1
+            return None
+        ours, peer = bytes(pkt[q + 12:q + 16]), bytes(pkt[q + 16:q + 20])
+        sport, dport = struct.unpack_from("!HH", pkt, q + qhl)
+        path = self.by_addr.get(ours)
+        sf = None
+        if path is not None and pkt[16:20] == ours:
+            sf = self.subflows.lookup(path.index, sport, peer, dport)
+        if sf is None:
+            self.counters["icmp_unknown_flow"] += 1
+            return None
+        sub = path.sub_addr
+        pkt[16:20] = sub
+        struct.pack_into("!H", pkt, 10, _ck.ipv4_header_checksum(pkt[:ihl]))
+        # The quoted header as the socket sent it. Its TCP checksum is left: it covers bytes that
+        # are not quoted (and options mptun added), so nobody can check it.
+        pkt[q + 12:q + 16] = sub
+        struct.pack_into("!H", pkt, q + 10, _ck.ipv4_header_checksum(pkt[q:q + qhl]))
+        if kind == ICMP_UNREACH and code == ICMP_FRAG_NEEDED:
+            mtu = int.from_bytes(pkt[ihl + 6:ihl + 8], "big")
+            if mtu:     # 0: a router too old to say; the kernel guesses
+                struct.pack_into("!H", pkt, ihl + 6, max(mtu - self.option_headroom, IPV4_MIN_MTU))
+            self.counters["icmp_frag_needed"] += 1
+        struct.pack_into("!H", pkt, ihl + 2, 0)
+        struct.pack_into("!H", pkt, ihl + 2, _ck.internet_checksum(pkt[ihl:total]))
+        self.counters["icmp_to_subflows"] += 1
+        self.write_tun(self._zero_vnet + pkt[:total])
+        return None
 
     def _checksum_ok(self, i: int, f: dict) -> bool:
         view = self.batch.view(i)
@@ -234,11 +305,15 @@ class Datapath:
     # ------------------------------------------------------------ packets mptun makes itself
 
     def send_control(self, seg: ControlSegment, path: PathIO, peer: bytes, peer_port: int) -> None:
-        """A pure ACK on subflow seg.subflow, straight out of its interface."""
+        """A segment of mptun's own (a pure ACK, or a RST) on subflow seg.subflow, straight out of
+        its interface."""
+        if not path.usable:
+            self.counters["send_errors"] += 1
+            return
         opts = seg.options
         pad = (-len(opts)) % 4
         tcp = tcpip.TcpHeader(src_port=seg.subflow.local_port, dst_port=peer_port, seq=seg.seq, ack=seg.ack,
-                              flags=TCP_ACK, window=seg.window, options=opts + b"\x01" * pad)
+                              flags=seg.flags, window=seg.window, options=opts + b"\x01" * pad)
         pkt = tcpip.build_packet(IPv4Address(path.addr), IPv4Address(peer), tcp)
         eth = path.eth + struct.pack("!H", ETH_P_IP) if path.eth else b""
         if not path.send(self._zero_vnet + eth + pkt):
@@ -250,10 +325,15 @@ class Datapath:
         pkt = tcpip.build_packet(IPv4Address(leg.dst), IPv4Address(self.tun_addr), tcp)
         self.write_tun(self._zero_vnet + pkt)
 
-    def refuse_syn(self, leg: AppLeg) -> None:
-        """A RST for the app's held SYN, as from its destination (refused, or mptun going down)."""
+    def refuse_syn(self, leg: AppLeg, icmp_code: int | None = None) -> None:
+        """Answer the app's held SYN as it would have been answered without mptun: a RST as from
+        its destination (refused, or mptun going down), or with icmp_code an ICMP destination
+        unreachable quoting it (the same error the subflow's connect got)."""
         syn = leg.take_syn()
         if not syn or len(syn) < self.vnet + 28:
+            return
+        if icmp_code is not None:
+            self.write_tun(self._zero_vnet + icmp_unreachable(leg.dst, self.tun_addr, icmp_code, syn[self.vnet:]))
             return
         ihl = (syn[self.vnet] & 0x0F) * 4
         syn_seq = struct.unpack_from("!I", syn, self.vnet + ihl + 4)[0]
@@ -270,3 +350,13 @@ class Datapath:
             self.write_tun(pkt)
         else:
             self.counters[REWRITE_PREFIX + rw.status_name(status)] += 1
+
+
+def icmp_unreachable(src: bytes, dst: bytes, code: int, quoted: bytes) -> bytes:
+    """An ICMP destination unreachable from src to dst about the packet `quoted` (its IP header and
+    at most 64 bytes after it, as much as RFC 1812 asks routers to quote)."""
+    ihl = (quoted[0] & 0x0F) * 4
+    body = bytearray(struct.pack("!BBHI", ICMP_UNREACH, code, 0, 0) + quoted[:ihl + 64])
+    struct.pack_into("!H", body, 2, _ck.internet_checksum(body))
+    ip = tcpip.Ipv4Header(IPv4Address(src), IPv4Address(dst), len(body), protocol=IPPROTO_ICMP, flags=0)
+    return ip.emit() + bytes(body)

@@ -1,9 +1,10 @@
 """Kernel TCP sockets of this network namespace by 4-tuple, over NETLINK_SOCK_DIAG: look one up, list, destroy.
 
-mptun uses it on the app's side of an app leg, which it does not own: how many bytes the app has
-not read yet (so mptun never ends a connection cleanly while the app may still abort with data
-unread), and, after the daemon died, to reset the apps' sockets it left behind (`mptun down`).
-IPv4 only, like the app leg. Needs CAP_NET_ADMIN for destroy (CONFIG_INET_DIAG_DESTROY).
+mptun uses it on the app's side of an app leg, which it does not own: whether the app still waits
+for its connect while mptun holds its SYN, how many bytes the app has not read yet (so mptun never
+ends a connection cleanly while the app may still abort with data unread), and, after the daemon
+died, to reset the apps' sockets it left behind (`mptun down`). IPv4 only, like the app leg.
+Needs CAP_NET_ADMIN for destroy (CONFIG_INET_DIAG_DESTROY).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ NLM_F_ACK = 0x04
 NLM_F_DUMP = 0x300
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
+TCP_SYN_SENT = 2
 TCP_STATES_ALL = 0xFFF
 TCP_STATES_LIVE = TCP_STATES_ALL & ~((1 << 6) | (1 << 7) | (1 << 10))   # not TIME_WAIT, CLOSE, LISTEN
 NOCOOKIE = 0xFFFFFFFF
@@ -102,6 +104,13 @@ def lookup(src: bytes, sport: int, dst: bytes, dport: int) -> TcpSock | None:
             return None
         raise
     return got[0] if got else None
+
+
+def connecting(src: bytes, sport: int, dst: bytes, dport: int) -> bool:
+    """True while the socket with this 4-tuple is still in SYN_SENT: an app waiting for its connect
+    (one that gave up closed it, or it timed out)."""
+    s = lookup(src, sport, dst, dport)
+    return s is not None and s.state == TCP_SYN_SENT
 
 
 def sockets_from(src: bytes, states: int = TCP_STATES_LIVE) -> list[TcpSock]:

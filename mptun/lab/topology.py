@@ -98,6 +98,7 @@ class Lab:
         self.links = [f"{self.name}-l{i}" for i in range(len(paths))]
         self.state = LabState(self.name, [asdict(p) for p in paths], cc=cc)
         self._delaylines: list = []
+        self._source_routes = False
         self.transient_links: list[str] = []   # every root-namespace name this lab used in passing
         self._up = False
 
@@ -226,15 +227,8 @@ class Lab:
 
         with NetNS(self.client) as c:
             for i in range(len(self.paths)):
-                a = path_addrs(i)
-                idx = c.link_lookup(ifname=self.client_iface(i))[0]
-                c.link("set", index=idx, state="up")
-                c.addr("add", index=idx, address=a["client4"], prefixlen=24)
-                c.addr("add", index=idx, address=a["client6"], prefixlen=64)
-                # A laptop with several uplinks: one default route per interface,
-                # the first path preferred.
-                c.route("add", dst="0.0.0.0/0", gateway=a["router4"], oif=idx, priority=100 + i)
-                c.route("add", dst="::/0", gateway=a["router6"], oif=idx, priority=100 + i, family=10)
+                c.link("set", index=c.link_lookup(ifname=self.client_iface(i))[0], state="up")
+                self._client_path_config(c, i)
         if self.source_routing:
             self.enable_source_routing()
 
@@ -309,9 +303,26 @@ class Lab:
 
     # -- optional setups used by tests and the demo
 
+    def _client_path_config(self, c: NetNS, i: int, families: tuple[int, ...] = (4, 6)) -> None:
+        """Path i's addresses and default routes on client interface i (replaced if present)."""
+        a = path_addrs(i)
+        idx = c.link_lookup(ifname=self.client_iface(i))[0]
+        for fam in families:
+            v6 = fam == 6
+            end = "6" if v6 else "4"
+            kw = {"family": 10} if v6 else {}
+            c.addr("replace", index=idx, address=a["client" + end], prefixlen=64 if v6 else 24, **kw)
+            # A laptop with several uplinks: one default route per interface, the first path preferred.
+            c.route("replace", dst="::/0" if v6 else "0.0.0.0/0", gateway=a["router" + end], oif=idx,
+                    priority=100 + i, **kw)
+            if self._source_routes:
+                c.route("replace", dst="::/0" if v6 else "0.0.0.0/0", gateway=a["router" + end], oif=idx,
+                        table=100 + i, **kw)
+
     def enable_source_routing(self) -> None:
         """Per-interface routing tables on the client, so a socket bound to path i's
         address leaves through path i (what the kernel's MPTCP needs for subflows)."""
+        self._source_routes = True
         with NetNS(self.client) as c:
             for i in range(len(self.paths)):
                 a = path_addrs(i)
@@ -332,6 +343,26 @@ class Lab:
         for i in range(1, n):
             run(self.client, ["ip", "mptcp", "endpoint", "add", self.client_addr(i),
                               "dev", self.client_iface(i), "subflow"])
+
+    # -- what happens to a client's uplink (what tests of failover do)
+
+    def set_client_link(self, i: int, up: bool) -> None:
+        """Take client interface i down, or bring it up again with its addresses and routes, as a
+        network manager restores them: a link going down loses its routes and IPv6 addresses."""
+        with NetNS(self.client) as c:
+            c.link("set", index=c.link_lookup(ifname=self.client_iface(i))[0], state="up" if up else "down")
+            if up:
+                self._client_path_config(c, i)
+
+    def set_client_address(self, i: int, present: bool) -> None:
+        """Remove path i's IPv4 address from client interface i (its routes go with it), or add
+        both back (DHCP losing and renewing the lease)."""
+        with NetNS(self.client) as c:
+            if present:
+                self._client_path_config(c, i, families=(4,))
+            else:
+                c.addr("del", index=c.link_lookup(ifname=self.client_iface(i))[0],
+                       address=self.client_addr(i), prefixlen=24)
 
     # -- observation
 

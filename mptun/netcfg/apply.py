@@ -156,6 +156,9 @@ class _Executor:
                                     self.index_of(op.target))
         return {"handle": handle}
 
+    # ICMP capture filters (AddIcmpCaptureFilter) differ from the TCP ones only in their keys.
+    _do_icmp_filter = _do_filter
+
     # -- undo: each returns a note for the caller, or None
     #
     # A step's `extra` is recorded after the step: without it (killed in between) the step may
@@ -248,6 +251,8 @@ class _Executor:
 
     def _undo_filter(self, op: AddCaptureFilter, extra: dict) -> None:
         capture.del_filter(self.ipr, self.index_of(op.dev), op.parent, op.prio, extra.get("handle"))
+
+    _undo_icmp_filter = _undo_filter
 
     def undo_journal(self) -> tuple[list[str], list[str]]:
         """Undo every entry, last first. Returns (notes, failures); failed entries stay journaled."""

@@ -4,7 +4,10 @@ Pure builders (the port range as u32 value/mask blocks, the u32 keys) and the
 pyroute2 calls that add and remove exactly one filter or the qdisc mptun added.
 A filter matches IPv4 without options (so the TCP header is at offset 20), not a
 later fragment, protocol TCP, destination = the interface's address, destination
-port in one block of the subflow range.
+port in one block of the subflow range. An ICMP filter matches the errors that
+concern subflows: destination unreachable or time exceeded quoting a TCP segment
+whose source port is in one block of the subflow range; it does not name the
+interface's address, which may change while mptun is up.
 """
 
 from __future__ import annotations
@@ -47,6 +50,19 @@ def capture_keys(dst: str, port_value: int, port_mask: int) -> list[str]:
         "0x00060000/0x00ff0000+8",            # protocol TCP
         f"0x{ip:08x}/0xffffffff+16",          # destination address
         f"0x{port_value:08x}/0x{port_mask:08x}+20",  # destination port (sport is the high half)
+    ]
+
+
+def icmp_capture_keys(port_value: int, port_mask: int) -> list[str]:
+    """u32 keys of the ICMP errors about subflows (offsets from the outer IP header)."""
+    return [
+        "0x45000000/0xff000000+0",            # IPv4, header length 5 words: the ICMP header is at 20
+        "0x00000000/0x00001fff+4",            # fragment offset 0
+        "0x00010000/0x00ff0000+8",            # protocol ICMP
+        "0x03000000/0xf7000000+20",           # type 3 (unreachable) or 11 (time exceeded): 3 = 11 & 0xf7
+        "0x45000000/0xff000000+28",           # the quoted IPv4 header, 5 words: its TCP header is at 48
+        "0x00060000/0x00ff0000+36",           # quoted protocol TCP
+        f"0x{port_value << 16:08x}/0x{port_mask << 16:08x}+48",  # quoted source port (the high half)
     ]
 
 

@@ -2,13 +2,18 @@
 
 `discover(cfg)` returns a Host (the named interfaces, each with its address, gateway
 and MTU, plus what the plan must not collide with) or raises NetcfgError with one
-line: unknown interface, interface down, interface without an address, no gateway.
-`resolve_gateway_mac` finds the next hop's MAC the datapath writes Ethernet headers with.
+line for an unknown interface. An interface that exists but cannot carry subflows
+now (down, no carrier, no address, no gateway) is returned with `why` saying so:
+mptun configures it once it can (mptun/netcfg/live.py). `read_interface` reads one
+interface again while mptun is up. `resolve_gateway_mac` finds the next hop's MAC
+the datapath writes Ethernet headers with; `gateway_neighbour` and `ask_gateway`
+are its two halves for callers that must not wait.
 """
 
 from __future__ import annotations
 
 import array
+import errno
 import fcntl
 import socket
 import struct
@@ -17,6 +22,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface
 
 from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 
 from mptun.netcfg import netns
 from mptun.netcfg.capture import INGRESS_FILTER_PARENT
@@ -51,7 +57,7 @@ class Interface:
     mtu: int
     mac: str | None                    # its own link-layer address (None: no link layer)
     ethernet: bool                     # frames need an Ethernet header (and the gateway's MAC)
-    addr: IPv4Interface                # primary IPv4 address: the subflows' source on the wire
+    addr: IPv4Interface | None         # primary IPv4 address: the subflows' source on the wire
     addrs: tuple[IPv4Interface, ...]   # all IPv4 addresses, primary first
     addrs6: tuple[IPv6Interface, ...]  # global IPv6 addresses (not used by the datapath yet)
     gateway: IPv4Address | None        # next hop; None on a point-to-point link without one
@@ -59,6 +65,18 @@ class Interface:
     ingress_qdisc: str | None          # "ingress" / "clsact" if one exists already, else None
     ingress_prios: frozenset[int]      # tc filter priorities in use on that qdisc's ingress
     gro: bool | None                   # None: the driver cannot say
+    why: str | None = None             # why it cannot carry subflows now ("link down"); None: usable
+
+    @property
+    def usable(self) -> bool:
+        return self.why is None
+
+    @classmethod
+    def gone(cls, name: str) -> Interface:
+        """A path interface whose device has disappeared (unplugged, deleted)."""
+        return cls(name=name, index=0, mtu=0, mac=None, ethernet=False, addr=None, addrs=(), addrs6=(),
+                   gateway=None, gateway6=None, ingress_qdisc=None, ingress_prios=frozenset(), gro=None,
+                   why="no such device")
 
     @property
     def connected(self) -> tuple[IPv4Network, ...]:
@@ -153,22 +171,16 @@ def _gateway(routes, index: int, family_addr):
 
 # ---------------------------------------------------------------- discovery
 
-def _interface(ipr: IPRoute, link, routes4, routes6, cfg: NetConfig) -> Interface:
+def _interface(ipr: IPRoute, link, routes4, routes6) -> Interface:
     name = link.get_attr("IFLA_IFNAME")
     index = link["index"]
     flags = link["flags"]
-    if not flags & IFF_UP:
-        raise NetcfgError(f"{name} is down (ip link set {name} up)")
-    if not flags & IFF_RUNNING:
-        raise NetcfgError(f"{name} is down: no carrier (cable, Wi-Fi association?)")
 
     addrs = []
     for a in ipr.get_addr(family=socket.AF_INET, index=index):
         local = a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS")
         primary = not (a.get_attr("IFA_FLAGS") or a["flags"]) & IFA_F_SECONDARY
         addrs.append((not primary, IPv4Interface(f"{local}/{a['prefixlen']}")))
-    if not addrs:
-        raise NetcfgError(f"{name} has no IPv4 address")
     addrs = tuple(a for _, a in sorted(addrs, key=lambda t: t[0]))
     addrs6 = tuple(IPv6Interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}")
                    for a in ipr.get_addr(family=socket.AF_INET6, index=index)
@@ -176,12 +188,19 @@ def _interface(ipr: IPRoute, link, routes4, routes6, cfg: NetConfig) -> Interfac
 
     ethernet = link["ifi_type"] == ARPHRD_ETHER and not flags & IFF_NOARP
     gateway, has_route = _gateway(routes4, index, IPv4Address)
-    if not has_route:
-        raise NetcfgError(f"{name} has no gateway: no default route via {name} in the main table")
-    if gateway is None and ethernet:
-        raise NetcfgError(f"{name} has no gateway: its default route names no next hop "
-                          f"(an on-link default route on Ethernet is not supported)")
     gateway6, _ = _gateway(routes6, index, IPv6Address)
+    # The first reason it cannot carry subflows now, in the order a user fixes them.
+    why = None
+    if not flags & IFF_UP:
+        why = "link down"
+    elif not flags & IFF_RUNNING:
+        why = "no carrier"          # also dormant: Wi-Fi not associated yet
+    elif not addrs:
+        why = "no IPv4 address"
+    elif not has_route:
+        why = "no default route in the main table"
+    elif gateway is None and ethernet:
+        why = "its default route names no gateway (not supported on Ethernet)"
 
     qdisc = None
     for q in ipr.get_qdiscs(index=index):
@@ -194,8 +213,23 @@ def _interface(ipr: IPRoute, link, routes4, routes6, cfg: NetConfig) -> Interfac
     return Interface(
         name=name, index=index, mtu=link.get_attr("IFLA_MTU"),
         mac=link.get_attr("IFLA_ADDRESS") if ethernet else None, ethernet=ethernet,
-        addr=addrs[0], addrs=addrs, addrs6=addrs6, gateway=gateway, gateway6=gateway6,
-        ingress_qdisc=qdisc, ingress_prios=prios, gro=get_gro(name))
+        addr=addrs[0] if addrs else None, addrs=addrs, addrs6=addrs6, gateway=gateway, gateway6=gateway6,
+        ingress_qdisc=qdisc, ingress_prios=prios, gro=get_gro(name), why=why)
+
+
+def read_interface(ipr: IPRoute, name: str) -> Interface:
+    """Interface `name` as it is now (Interface.gone if there is no such device)."""
+    found = ipr.link_lookup(ifname=name)
+    try:
+        link = ipr.get_links(found[0])[0] if found else None
+    except NetlinkError as e:
+        if e.code != errno.ENODEV:
+            raise
+        link = None     # deleted between the two requests
+    if link is None:
+        return Interface.gone(name)
+    return _interface(ipr, link, ipr.route("dump", family=socket.AF_INET),
+                      ipr.route("dump", family=socket.AF_INET6))
 
 
 def discover(cfg: NetConfig, *, netns_name: str | None = None) -> Host:
@@ -212,7 +246,7 @@ def _discover(ipr: IPRoute, cfg: NetConfig) -> Host:
             raise NetcfgError(f"unknown interface {name!r}")
     routes4 = ipr.route("dump", family=socket.AF_INET)
     routes6 = ipr.route("dump", family=socket.AF_INET6)
-    interfaces = tuple(_interface(ipr, links[n], routes4, routes6, cfg) for n in cfg.interfaces)
+    interfaces = tuple(_interface(ipr, links[n], routes4, routes6) for n in cfg.interfaces)
 
     addresses = tuple(
         (names_by_index.get(a["index"], str(a["index"])),
@@ -244,32 +278,38 @@ def resolve_gateway_mac(iface: Interface, *, timeout: float = 5.0, netns_name: s
     as any traffic to the gateway would leave; nothing permanent is created."""
     if not iface.ethernet:
         return None
-    assert iface.gateway is not None
-    gw = str(iface.gateway)
     with netns.entered(netns_name), IPRoute() as ipr:
         deadline = time.monotonic() + timeout
         asked = False
         while True:
-            state, lladdr = _neighbour(ipr, iface.index, gw)
-            if state & _NUD_USABLE and lladdr:
+            state, lladdr = gateway_neighbour(ipr, iface)
+            if lladdr:
                 return lladdr
             if asked and state & NUD_FAILED:
                 break
             if not asked or state == 0:
-                # NTF_USE makes the kernel start resolution as if a packet were
-                # waiting. state=0 (NUD_NONE) so that pyroute2 does not default
-                # to PERMANENT, which would pin the entry.
-                ipr.neigh("replace", dst=gw, ifindex=iface.index, flags=NTF_USE, state=0)
+                ask_gateway(ipr, iface)
                 asked = True
             if time.monotonic() >= deadline:
                 break
             time.sleep(0.01)
-    raise NetcfgError(f"gateway {gw} on {iface.name} does not answer ARP")
+    raise NetcfgError(f"gateway {iface.gateway} on {iface.name} does not answer ARP")
 
 
-def _neighbour(ipr: IPRoute, index: int, dst: str) -> tuple[int, str | None]:
-    for n in ipr.get_neighbours(family=socket.AF_INET, ifindex=index):
-        if n.get_attr("NDA_DST") == dst:
-            return n["state"], n.get_attr("NDA_LLADDR")
+def gateway_neighbour(ipr: IPRoute, iface: Interface) -> tuple[int, str | None]:
+    """(NUD state, MAC) of iface's gateway in the neighbour table; the MAC only if the
+    entry is usable (reachable, or stale: the kernel re-checks it as traffic flows)."""
+    assert iface.gateway is not None, iface
+    gw = str(iface.gateway)
+    for n in ipr.get_neighbours(family=socket.AF_INET, ifindex=iface.index):
+        if n.get_attr("NDA_DST") == gw:
+            lladdr = n.get_attr("NDA_LLADDR")
+            return n["state"], (lladdr if n["state"] & _NUD_USABLE else None)
     return 0, None
 
+
+def ask_gateway(ipr: IPRoute, iface: Interface) -> None:
+    """Make the kernel resolve iface's gateway now (as if a packet were waiting for it)."""
+    # NTF_USE starts resolution; state=0 (NUD_NONE) so that pyroute2 does not
+    # default to PERMANENT, which would pin the entry.
+    ipr.neigh("replace", dst=str(iface.gateway), ifindex=iface.index, flags=NTF_USE, state=0)

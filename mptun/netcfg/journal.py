@@ -101,6 +101,20 @@ class Journal:
         self.entries = entries
         self._write()
 
+    def find(self, op_json: dict) -> dict | None:
+        """The latest entry of this operation (live.py adds and removes path state while up)."""
+        return next((e for e in reversed(self.entries) if e["op"] == op_json), None)
+
+    def discard(self, op_jsons: list[dict]) -> None:
+        """Drop the latest entry of each of these operations (they were undone), in one write."""
+        entries = list(self.entries)
+        for op in op_jsons:
+            for k in range(len(entries) - 1, -1, -1):
+                if entries[k]["op"] == op:
+                    del entries[k]
+                    break
+        self.set_entries(entries)
+
     def remove(self) -> None:
         # A .tmp is what a process killed inside _write() left: the journal itself is whole.
         removed = False

@@ -4,6 +4,8 @@ list of operations `mptun up` performs.
 Each operation is a small frozen value that says what to create, how to describe it,
 and (by its kind) how to take it back; apply.py performs them. Nothing here touches
 the system, so every decision is tested without root (tests/unit/test_netcfg_plan.py).
+`path_ops` is the part that depends on one interface's address: `up` performs it for
+the interfaces usable then, live.py for each one whenever it becomes usable.
 """
 
 from __future__ import annotations
@@ -11,10 +13,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import ClassVar
 
-from mptun.netcfg.capture import INGRESS_FILTER_PARENT, capture_keys, port_blocks
+from mptun.netcfg.capture import INGRESS_FILTER_PARENT, capture_keys, icmp_capture_keys, port_blocks
 from mptun.netcfg.config import IPV4_TCP_HEADERS, NetConfig
 from mptun.netcfg.errors import NetcfgError
-from mptun.netcfg.interfaces import RESERVED_PORTS, RT_TABLE_MAIN, Host
+from mptun.netcfg.interfaces import RESERVED_PORTS, RT_TABLE_MAIN, Host, Interface
 from mptun.netcfg.tun import IFF_NO_PI, IFF_TUN, IFF_TUN_EXCL, IFF_VNET_HDR, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6
 from mptun.wire.tcpip import IPPROTO_TCP
 
@@ -110,9 +112,10 @@ class AddRoute(Op, kind="route"):
     scope: str = "universe"   # or "link"
     mtu: int | None = None
     advmss: int | None = None
+    metric: int | None = None
 
     def describe(self) -> str:
-        s = ("throw " if self.type == "throw" else "") + self.dst
+        s = ("" if self.type == "unicast" else self.type + " ") + self.dst
         if self.gateway:
             s += f" via {self.gateway}"
         if self.dev:
@@ -125,6 +128,8 @@ class AddRoute(Op, kind="route"):
             s += f" mtu {self.mtu}"
         if self.advmss:
             s += f" advmss {self.advmss}"
+        if self.metric is not None:
+            s += f" metric {self.metric}"
         return f"route {s} table {self.table}"
 
 
@@ -188,6 +193,38 @@ class AddCaptureFilter(Op, kind="filter", summary="tc filter on {dev} ingress pr
         return capture_keys(self.dst, self.port_value, self.port_mask)
 
 
+@dataclass(frozen=True)
+class AddIcmpCaptureFilter(Op, kind="icmp_filter",
+                           summary="tc filter on {dev} ingress prio {prio}: icmp errors quoting tcp sport "
+                                   "{port_value:#06x}/{port_mask:#06x} -> mirred redirect {target}"):
+    """u32 on dev's ingress: ICMP destination unreachable and time exceeded about a TCP segment
+    from a port in one block of the subflow range, redirected into the TUN, where the datapath
+    hands them to the subflow socket. It does not depend on dev's address: added once per device
+    with the qdisc, it stays while the address changes. Added and removed like AddCaptureFilter."""
+
+    dev: str
+    parent: int
+    prio: int
+    port_value: int
+    port_mask: int
+    target: str
+
+    @property
+    def keys(self) -> list[str]:
+        return icmp_capture_keys(self.port_value, self.port_mask)
+
+
+def icmp_tc_prios(cfg: NetConfig) -> list[int]:
+    """The ICMP filters' priorities: one per port block, right after the TCP filters'."""
+    prios = cfg.tc_prios()
+    return [p + len(prios) for p in prios]
+
+
+def icmp_capture_ops(cfg: NetConfig, iface: Interface) -> list[Op]:
+    return [AddIcmpCaptureFilter(iface.name, INGRESS_FILTER_PARENT, prio, value, mask, cfg.tun_name)
+            for prio, (value, mask) in zip(icmp_tc_prios(cfg), port_blocks(*cfg.subflow_ports))]
+
+
 # ---------------------------------------------------------------- reserved ports
 
 def parse_ports(text: str) -> set[int]:
@@ -233,11 +270,19 @@ def unreserve_ports(current: str, old: str, new: str) -> str | None:
 
 # ---------------------------------------------------------------- the plan
 
+# The route behind each subflow table's route into the TUN: while interface i is unusable
+# (its route into the TUN removed), its subflow sockets fail at once with EHOSTUNREACH
+# instead of falling through to the main table and leaving with an internal source address.
+FALLBACK_METRIC = 0xFFFFFFFF
+
+
 @dataclass(frozen=True)
 class Plan:
     cfg: NetConfig
     host: Host
     ops: tuple[Op, ...]
+    # path_ops of each interface, as they are among ops; () for an interface unusable at up.
+    paths: tuple[tuple[Op, ...], ...] = ()
 
     def describe(self) -> list[str]:
         return [op.describe() for op in self.ops]
@@ -261,15 +306,78 @@ def _preflight(cfg: NetConfig, host: Host) -> None:
         if dst.overlaps(cfg.internal):
             raise NetcfgError(f"the internal block {cfg.internal} overlaps the route {dst} via {dev}; "
                               f"choose another internal block")
+    if not any(iface.usable for iface in host.interfaces):
+        raise NetcfgError("no usable interface: " + "; ".join(f"{i.name}: {i.why}" for i in host.interfaces))
     seen = {}
     for iface in host.interfaces:
-        if iface.addr.ip in seen:
+        if iface.usable and iface.addr.ip in seen:
             raise NetcfgError(f"{iface.name} and {seen[iface.addr.ip]} have the same address {iface.addr.ip}")
-        seen[iface.addr.ip] = iface.name
-        busy = sorted(set(cfg.tc_prios()) & iface.ingress_prios)
+        if iface.usable:
+            seen[iface.addr.ip] = iface.name
+        busy = sorted(set(cfg.tc_prios() + icmp_tc_prios(cfg)) & iface.ingress_prios)
         if busy:
             raise NetcfgError(f"tc filter priority {busy[0]} is in use on {iface.name}'s ingress; "
                               f"choose another tc priority")
+    if icmp_tc_prios(cfg)[-1] > 0xFFFF:
+        raise NetcfgError(f"tc filter priority {cfg.tc_prio} leaves no room for the ICMP filters; "
+                          f"choose a lower tc priority")
+
+
+def path_problem(cfg: NetConfig, iface: Interface, taken: dict) -> str | None:
+    """Why interface `iface`, found usable while mptun is up, must still not be configured:
+    what _preflight refuses at up, for one interface. `taken`: the addresses other paths
+    are configured with (address -> name). None: go ahead."""
+    if iface.why:
+        return iface.why
+    if iface.addr.ip in taken:
+        return f"same address {iface.addr.ip} as {taken[iface.addr.ip]}"
+    for a in iface.addrs:
+        if a.network.overlaps(cfg.internal):
+            return f"its address {a} overlaps the internal block {cfg.internal}"
+    busy = sorted(set(cfg.tc_prios()) & iface.ingress_prios)
+    if busy:
+        return f"tc filter priority {busy[0]} is in use on its ingress"
+    return None
+
+
+def device_ops(cfg: NetConfig, iface: Interface) -> tuple[Op, ...]:
+    """What a path interface's device gets once, usable or not, and keeps until down: GRO
+    (the peer's answers reach the TUN as super-packets), an ingress qdisc for the capture, the
+    capture of ICMP errors for subflows (it does not depend on the address)."""
+    ops: list[Op] = []
+    if cfg.gro and iface.gro is False:
+        ops.append(SetGro(iface.name, old=False, new=True))
+    if iface.ingress_qdisc is None:
+        ops.append(AddIngressQdisc(iface.name))
+    ops.extend(icmp_capture_ops(cfg, iface))
+    return tuple(ops)
+
+
+def path_ops(cfg: NetConfig, i: int, iface: Interface) -> tuple[Op, ...]:
+    """What interface i needs while it is usable, all of it depending on its address, MTU or
+    gateway: routes first, the rule from its address last (undo removes that first)."""
+    assert iface.usable, iface
+    lay = cfg.layout
+    # Subflow sockets of interface i: into the TUN, sized for that interface.
+    # The TUN's MTU is 65535 for the local app leg; this route's MTU makes the
+    # kernel cut subflow segments small enough that the options the datapath
+    # adds still fit iface's MTU, and advmss is what iface can receive.
+    ops: list[Op] = [AddRoute(cfg.subflow_table(i), "0.0.0.0/0", dev=cfg.tun_name, src=str(lay.subflow_addr(i)),
+                              scope="link", mtu=iface.mtu - cfg.option_headroom,
+                              advmss=iface.mtu - IPV4_TCP_HEADERS)]
+    # Interface i's own table: whatever has its address as source leaves
+    # through it (and strict rp_filter accepts what arrives on it).
+    ti = cfg.iface_table(i)
+    for net in iface.connected:
+        ops.append(AddRoute(ti, str(net), dev=iface.name, src=str(iface.addr.ip), scope="link"))
+    ops.append(AddRoute(ti, "0.0.0.0/0", dev=iface.name, gateway=str(iface.gateway) if iface.gateway else None,
+                        scope="universe" if iface.gateway else "link"))
+    # The peer's answers to its address, pulled into the TUN.
+    for prio, (value, mask) in zip(cfg.tc_prios(), port_blocks(*cfg.subflow_ports)):
+        ops.append(AddCaptureFilter(iface.name, INGRESS_FILTER_PARENT, prio, str(iface.addr.ip), value, mask,
+                                    cfg.tun_name))
+    ops.append(AddRule(cfg.prio_iface, ti, f"{iface.addr.ip}/32"))
+    return tuple(ops)
 
 
 def build_plan(cfg: NetConfig, host: Host) -> Plan:
@@ -280,7 +388,8 @@ def build_plan(cfg: NetConfig, host: Host) -> Plan:
     tun = cfg.tun_name
     a = str(lay.tun_addr)
     lo, hi = cfg.subflow_ports
-    blocks = port_blocks(lo, hi)
+    n = len(host.interfaces)
+    paths = tuple(path_ops(cfg, i, iface) if iface.usable else () for i, iface in enumerate(host.interfaces))
     ops: list[Op] = []
 
     # Keep other applications' ephemeral ports out of the range whose packets
@@ -295,7 +404,7 @@ def build_plan(cfg: NetConfig, host: Host) -> Plan:
     ops.append(SetDeviceSysctl(f"net.ipv6.conf.{tun}.disable_ipv6", "1"))
     ops.append(SetLink(tun, mtu=cfg.tun_mtu, txqueuelen=cfg.txqueuelen))
     ops.append(AddAddress(tun, f"{a}/32"))
-    for i in range(len(host.interfaces)):
+    for i in range(n):
         ops.append(AddAddress(tun, f"{lay.subflow_addr(i)}/32"))
     ops.append(SetLink(tun, up=True))
 
@@ -307,41 +416,21 @@ def build_plan(cfg: NetConfig, host: Host) -> Plan:
     for x in cfg.exclude:
         ops.append(AddRoute(t, str(x), type="throw"))
     ops.append(AddRoute(t, str(lay.fake_block), dev=tun, src=a, scope="link"))
+    for i in range(n):
+        ops.append(AddRoute(cfg.subflow_table(i), "0.0.0.0/0", type="unreachable", metric=FALLBACK_METRIC))
 
-    for i, iface in enumerate(host.interfaces):
-        # Subflow sockets of interface i: into the TUN, sized for that interface.
-        # The TUN's MTU is 65535 for the local app leg; this route's MTU makes the
-        # kernel cut subflow segments small enough that the options the datapath
-        # adds still fit iface's MTU, and advmss is what iface can receive.
-        ops.append(AddRoute(cfg.subflow_table(i), "0.0.0.0/0", dev=tun, src=str(lay.subflow_addr(i)),
-                            scope="link", mtu=iface.mtu - cfg.option_headroom,
-                            advmss=iface.mtu - IPV4_TCP_HEADERS))
-        # Interface i's own table: whatever has its address as source leaves
-        # through it (and strict rp_filter accepts what arrives on it).
-        ti = cfg.iface_table(i)
-        for net in iface.connected:
-            ops.append(AddRoute(ti, str(net), dev=iface.name, src=str(iface.addr.ip), scope="link"))
-        ops.append(AddRoute(ti, "0.0.0.0/0", dev=iface.name,
-                            gateway=str(iface.gateway) if iface.gateway else None,
-                            scope="universe" if iface.gateway else "link"))
-
-    if cfg.gro:
-        for iface in host.interfaces:
-            if iface.gro is False:
-                ops.append(SetGro(iface.name, old=False, new=True))
-
+    # The usable interfaces' own parts in three stages: routes, then the device
+    # settings of every interface and the capture, then (below) the rules.
+    per_path = [op for ops_i in paths for op in ops_i]
+    ops.extend(op for op in per_path if op.kind == "route")
     for iface in host.interfaces:
-        if iface.ingress_qdisc is None:
-            ops.append(AddIngressQdisc(iface.name))
-        for prio, (value, mask) in zip(cfg.tc_prios(), blocks):
-            ops.append(AddCaptureFilter(iface.name, INGRESS_FILTER_PARENT, prio, str(iface.addr.ip),
-                                        value, mask, tun))
+        ops.extend(device_ops(cfg, iface))
+    ops.extend(op for op in per_path if op.kind not in ("route", "rule"))
 
     # Rules last, the intercepting one very last: until it exists no app
     # traffic enters the TUN, and undo removes it first.
-    for i, iface in enumerate(host.interfaces):
-        ops.append(AddRule(cfg.prio_iface, cfg.iface_table(i), f"{iface.addr.ip}/32"))
-    for i in range(len(host.interfaces)):
+    ops.extend(op for op in per_path if op.kind == "rule")
+    for i in range(n):
         ops.append(AddRule(cfg.prio_subflow, cfg.subflow_table(i), f"{lay.subflow_addr(i)}/32", iif="lo"))
     # After an app socket got the TUN's address as its source, and for strict
     # rp_filter's reverse lookup of what the datapath writes to the app: no
@@ -357,5 +446,5 @@ def build_plan(cfg: NetConfig, host: Host) -> Plan:
                            suppress_prefixlen=0))
     ops.append(AddRule(cfg.prio_intercept, t, "0.0.0.0/32", iif="lo", ipproto=IPPROTO_TCP,
                        fwmark=0, fwmask=cfg.fwmark))
-    return Plan(cfg, host, tuple(ops))
+    return Plan(cfg, host, tuple(ops), paths)
 

@@ -44,6 +44,8 @@ def route_request(op: AddRoute, index_of: Callable[[str], int]) -> dict:
         req["gateway"] = op.gateway
     if op.src:
         req["prefsrc"] = op.src
+    if op.metric is not None:
+        req["priority"] = op.metric
     metrics = {k: v for k, v in (("mtu", op.mtu), ("advmss", op.advmss)) if v}
     if metrics:
         req["metrics"] = metrics

@@ -94,11 +94,16 @@ def test_interface_without_address(lab_runner):
     run(lab.client, ["ip", "link", "add", "bare0", "type", "veth", "peer", "name", "bare1"])
     run(lab.client, ["ip", "link", "set", "bare0", "up"])
     run(lab.client, ["ip", "link", "set", "bare1", "up"])
-    one_line_error(r.cmd("up", "bare0"), "bare0", "no IPv4 address")
     before = snapshot(lab.client)
-    one_line_error(r.cmd("up", "eth0", "bare0"), "bare0", "no IPv4 address")
+    one_line_error(r.cmd("up", "bare0"), "bare0", "no IPv4 address")
     # A failed up changes nothing.
     assert not diff(before, snapshot(lab.client)), diff(before, snapshot(lab.client))
+    # Beside a usable interface it is accepted, and waits unusable until it gets an address.
+    r.up("eth0", "bare0")
+    paths = {p["name"]: p for p in r.status()["paths"]}
+    assert paths["eth0"]["usable"] and not paths["bare0"]["usable"], paths
+    assert echo_once(lab, 9002, 10_000)["mptcp"]
+    r.down()
 
 
 def test_up_twice_and_down_twice(lab_runner):

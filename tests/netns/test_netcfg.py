@@ -537,16 +537,7 @@ def _refused(ns, jdir, cfg, message):
 
 def test_refusals_are_one_line_and_change_nothing(lab, jdir):
     ns = lab.client
-    # veth pairs (this kernel has no dummy driver): up with carrier, or down.
-    for cmd in ("ip link add v0 type veth peer name v0p && ip link set v0p up && ip link set v0 up",
-                "ip link add v1 type veth peer name v1p",
-                "ip link add v2 type veth peer name v2p && ip link set v2p up && ip link set v2 up && "
-                "ip addr add 198.18.50.2/24 dev v2"):
-        run(ns, ["sh", "-c", cmd])
     _refused(ns, jdir, NetConfig(["eth0", "nope0"]), "unknown interface 'nope0'")
-    _refused(ns, jdir, NetConfig(["eth0", "v0"]), "v0 has no IPv4 address")
-    _refused(ns, jdir, NetConfig(["eth0", "v1"]), "v1 is down")
-    _refused(ns, jdir, NetConfig(["eth0", "v2"]), "v2 has no gateway")
     assert not is_up("mptun0", journal_dir=jdir)
 
     applied = up(NetConfig(IFACES), netns_name=ns, journal_dir=jdir)
@@ -555,6 +546,42 @@ def test_refusals_are_one_line_and_change_nothing(lab, jdir):
         assert msg.endswith("mptun down first")
     finally:
         applied.down()
+
+
+def test_up_takes_unusable_interfaces_while_one_is_usable(lab, jdir):
+    """Interfaces that cannot carry subflows yet are accepted beside a usable one, and get only
+    what does not depend on an address (tests/netns/test_pathmon.py: configured once usable).
+    With none usable, up is refused with one line saying why for each."""
+    ns = lab.client
+    # veth pairs (this kernel has no dummy driver): up with carrier, down, up without carrier.
+    for cmd in ("ip link add v0 type veth peer name v0p && ip link set v0p up && ip link set v0 up",
+                "ip link add v1 type veth peer name v1p",
+                "ip link add v2 type veth peer name v2p && ip link set v2p up && ip link set v2 up && "
+                "ip addr add 198.18.50.2/24 dev v2",
+                "ip link add v3 type veth peer name v3p && ip link set v3 up"):
+        run(ns, ["sh", "-c", cmd])
+    names = ["eth0", "v0", "v1", "v2", "v3"]
+    why = ["no IPv4 address", "link down", "no default route in the main table", "no carrier"]
+    before = snapshot(ns)
+    applied = up(NetConfig(names), netns_name=ns, journal_dir=jdir)
+    try:
+        assert [(i.name, i.why) for i in applied.interfaces] == list(zip(names, [None, *why]))
+        assert applied.plan.paths[1:] == ((), (), (), ())
+        assert [r for r in sh(ns, "ip rule").splitlines() if r.startswith("9002:")] == \
+            ["9002:\tfrom 198.18.1.2 lookup 9001"]
+        assert "dev mptun0" in sh(ns, f"ip route get {SERVER} from {SUB0} ipproto tcp")
+        # A subflow socket of an unusable interface fails at once; nothing leaves with its address.
+        s = tcp_socket(ns, bind=("198.19.64.4", 61500))   # v2's subflow address
+        with s:
+            s.setblocking(False)
+            assert s.connect_ex((SERVER, 80)) == errno.EHOSTUNREACH
+    finally:
+        applied.down()
+    assert_same(before, snapshot(ns))
+
+    run(ns, ["ip", "link", "set", "eth0", "down"])
+    msg = _refused(ns, jdir, NetConfig(names), "no usable interface: ")
+    assert msg == "no usable interface: " + "; ".join(f"{n}: {w}" for n, w in zip(names, ["link down", *why]))
 
 
 def test_preexisting_objects_are_left_alone(lab, jdir):

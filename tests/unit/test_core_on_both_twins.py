@@ -8,7 +8,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 SUITES = ["tests/sim", "tests/unit/test_core_connection.py", "tests/unit/test_core_mapping.py",
-          "tests/unit/test_datapath.py"]
+          "tests/unit/test_datapath.py", "tests/unit/test_scheduler.py", "tests/unit/test_pm.py"]
 
 
 def test_core_sim_and_datapath_tests_pass_on_the_pure_twins():

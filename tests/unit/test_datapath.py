@@ -55,7 +55,7 @@ class Rig:
         leg = self.legs.add(conn, app_port, dst, dst_port, syn)
         conn.start(0.0)
         sf = conn.subflow_opened(0, 61440 + len(self.syns))
-        self.subflows.register(sf)
+        self.subflows.register(sf, dst, dst_port)
         self.syns.append((leg, sf))
 
     def to_tun(self, src, dst, tcp, payload=b""):

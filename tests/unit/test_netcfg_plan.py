@@ -37,8 +37,8 @@ def host(*ifaces, **kw):
     ifaces = ifaces or (iface(0), iface(1))
     d = dict(interfaces=tuple(ifaces), link_names=frozenset({"lo"} | {i.name for i in ifaces}),
              rule_priorities=frozenset({0, 32766, 32767}), tables=frozenset({254, 255}),
-             addresses=tuple((i.name, i.addr) for i in ifaces),
-             main_routes=tuple((i.addr.network, i.name) for i in ifaces), reserved_ports="")
+             addresses=tuple((i.name, i.addr) for i in ifaces if i.addr),
+             main_routes=tuple((i.addr.network, i.name) for i in ifaces if i.addr), reserved_ports="")
     d.update(kw)
     return Host(**d)
 
