@@ -17,7 +17,7 @@ from mptun.core import options as _options
 from mptun.core import pm as _pm
 from mptun.core import scheduler as _sched
 from mptun.core import segopts as so
-from mptun.core.events import (Closed, CloseSubflow, ControlSegment, Event, OpenSubflow, RefuseApp, ReleaseAppSyn,
+from mptun.core.events import (Closed, ControlSegment, Event, OpenSubflow, RefuseApp, ReleaseAppSyn,
                                ShutdownSubflow)
 from mptun.core.mib import Counters
 from mptun.core.multipath import Multipath
@@ -165,14 +165,12 @@ class Connection:
     def subflow_connect_failed(self, sf: Subflow, reason: str, detail: str, icmp_code: int | None = None) -> None:
         """sf's connect failed; reason is "refused", "unreachable", "connect_timeouts" or "connect_errors";
         icmp_code: the ICMP unreachable code that gives the app the same error (None: none does)."""
-        sf.close()
         if sf.kind == SubflowKind.JOIN:
             # A join the peer refused (it may limit subflows) or never answered: the connection
             # goes on; that pair is tried again later.
-            self.counters["join_failures"] += 1
-            self._events.append(CloseSubflow(sf, reset=False))
-            self.mp.join_failed(sf.path, sf.remote_id)
+            self.mp.drop_join(sf)
             return
+        sf.close()
         if self.state != ConnState.CONNECTING:
             self.abort("resets_from_peer")
             return
@@ -460,7 +458,7 @@ class Connection:
         fallback = None
         for s in self.subflows:
             if s.established and s.snd_nxt is not None and s.last_ack is not None:
-                if not s.stale:
+                if not s.stale and not s.retiring:
                     return s
                 fallback = fallback or s
         return fallback

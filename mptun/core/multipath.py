@@ -74,7 +74,7 @@ class Multipath:
         self.dirty = False
         for k in due:
             del self.retry_at[k]
-        live = [(s.path, s.remote_id) for s in conn.subflows if not s.closed]
+        live = [(s.path, s.remote_id) for s in conn.subflows if not s.closed and not s.retiring]
         for path, remote_id in self.pm.wanted(list(self.remotes), live):
             if (path, remote_id) in self.retry_at:
                 continue
@@ -97,6 +97,17 @@ class Multipath:
         conn.emit(ControlSegment(sf, synack_ack, 0, 0, opts + b"\x01" * (-len(opts) % 4), flags=0x04))
         sf.close()
         conn.emit(CloseSubflow(sf, reset=False))
+        self.join_failed(sf.path, sf.remote_id)
+
+    def drop_join(self, sf: Subflow) -> None:
+        """A join that never became established (its connect failed, or the peer reset it after its
+        SYN/ACK): closed and counted once, whichever of the datapath and the socket tells first;
+        that pair is retried with backoff."""
+        if sf.closed:
+            return
+        self.conn.counters["join_failures"] += 1
+        sf.close()
+        self.conn.emit(CloseSubflow(sf, reset=False))
         self.join_failed(sf.path, sf.remote_id)
 
     # ------------------------------------------------------------ losing subflows
@@ -122,6 +133,7 @@ class Multipath:
         if sf.closed or (sf.kernel_ack_ssn > sf.read_ssn and not sf.eof and not force):
             return
         sf.close()
+        self.dirty = True
         self.conn.emit(CloseSubflow(sf, reset=sf.close_reset))
 
     def retire_now(self, sf: Subflow) -> None:
@@ -136,7 +148,8 @@ class Multipath:
         conn = self.conn
         mine = [s for s in conn.subflows if s.path == path and not s.closed]
         if not self.pm.usable(path):
-            alive = [s for s in conn.subflows if s.path != path and s.established and not s.closed]
+            alive = [s for s in conn.subflows if s.path != path and s.established and not s.closed
+                     and not s.retiring]
             if not mine or not alive:
                 return          # nothing to move, or nowhere to move it: TCP may still recover
             ids = bytes(sorted({s.address_id for s in mine}))
@@ -200,8 +213,12 @@ class Multipath:
             self.open_joins(now)
 
     def _stalls(self, now: float) -> None:
-        subs = [s for s in self.conn.subflows if s.established and not s.closed]
+        subs = [s for s in self.conn.subflows if s.established and not s.closed and not s.retiring]
         if len(subs) < 2:
+            for s in subs:
+                if s.stale:             # the only one left: nothing to compare it with
+                    s.stale = False
+                    self.conn.counters["subflows_recovered"] += 1
             return
         latest = 0.0
         for s in subs:

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from mptun.core.connection import Connection
 
 _opt = impl.load("mptcpopt")
+JOIN_HANDSHAKING = (SubflowState.SYNACK_SEEN, SubflowState.PRE_ESTABLISHED)
 
 def outgoing(conn: Connection, sf: Subflow, seq: int, ack: int, flags: int, payload_len: int, window: int,
              options: bytes) -> bytes | None:
@@ -107,7 +108,12 @@ def incoming(conn: Connection, sf: Subflow, seq: int, ack: int, flags: int, payl
     if flags & TCP_ACK and not sf.note_peer_ack(ack, CHUNK_MAX):
         conn.counters["acks_of_unsent_data"] += 1
         return False
-    if sf.kind == SubflowKind.JOIN and not flags & TCP_RST and sf.join_acked():
+    if flags & TCP_RST and sf.kind == SubflowKind.JOIN and sf.state in JOIN_HANDSHAKING \
+            and sf.in_window(seq, 0):
+        # The peer refused the join after its SYN/ACK (Linux can, at the third ACK): it never
+        # joined. (A RST to the SYN itself fails the socket's connect: subflow_connect_failed.)
+        conn.mp.drop_join(sf)
+    elif sf.kind == SubflowKind.JOIN and sf.join_acked():
         # RFC 8684 3.2: the peer answered our third ACK (the fourth ACK): the subflow may carry data.
         conn.joined(sf)
     subs = o["suboptions"]

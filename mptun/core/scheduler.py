@@ -118,7 +118,9 @@ class Blest:
         k = send.sendable() + fast.notsent
         n = 1 + k / (max(1, fast.cwnd) * fast.mss)
         beta = self.BETA if self._waiting else 0.0
-        if n * rtt_f < (1 + beta) * (rtt_s + delta) and k / (max(1, s.cwnd) * s.mss) * rtt_s >= 2 * rtt_f + delta:
+        # The slow path delivers in no less than one of its RTTs, however little is sent.
+        slow_time = max(1.0, k / (max(1, s.cwnd) * s.mss)) * rtt_s
+        if n * rtt_f < (1 + beta) * (rtt_s + delta) and slow_time >= 2 * rtt_f + delta:
             self._waiting = True
             return fast if fast_ok else None
         self._waiting = False
