@@ -127,7 +127,8 @@ class Daemon:
         self._listener_guard = AcceptGuard(self.loop, "listener")
         subflows = SubflowSockets(self.paths, cfg.subflow_ports, cfg.fwmark, self.counters)
         self.dp = Datapath(applied.tun.fd, applied.tun.vnet_hdr_size, layout.tun_addr, layout.fake_block,
-                           self.listener_port, self.paths, self.legs, subflows, self.counters, self._on_app_syn)
+                           self.listener_port, self.paths, self.legs, subflows, self.counters, self._on_app_syn,
+                           option_headroom=cfg.option_headroom)
         self.conns = Connections(self.loop, self.dp, self.legs, subflows, self.counters, self._new_connection)
         self.control = ControlServer(self.loop, self.files["sock"], {"status": self.status, "set": self.set_role})
         self.monitor = PathMonitor(applied, self.paths, self._on_path_change, self.loop)

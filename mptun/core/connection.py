@@ -196,6 +196,7 @@ class Connection:
         """A join became established: it may carry data now."""
         self.counters["subflows_joined"] += 1
         sf.progress_at = 0.0
+        self.mp.join_succeeded(sf)
 
     def join_refused(self, sf: Subflow, synack_ack: int, reason: str) -> None:
         self.mp.refuse_join(sf, synack_ack, reason)

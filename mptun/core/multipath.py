@@ -31,6 +31,9 @@ from mptun import impl
 _opt = impl.load("mptcpopt")
 
 JOIN_RETRY_FIRST = 1.0
+# Joins wait for the peer's first DSS (it has our key then), or this long after the initial
+# subflow connected (a server that waits for a request sends no DSS until it gets one).
+KEYS_WAIT = 0.3
 JOIN_RETRY_MAX = 30.0
 # A subflow with data outstanding that saw no progress for max(STALL_MIN, STALL_RTTS x its RTT)
 # while another subflow progressed is stalled.
@@ -68,6 +71,8 @@ class Multipath:
     def open_joins(self, now: float) -> None:
         """Open the subflows the path manager wants now (not those waiting out a retry backoff)."""
         conn = self.conn
+        if not conn.peer_dss_seen and conn.connected_at is not None and now < conn.connected_at + KEYS_WAIT:
+            return      # the peer may not have our key yet (our third ACK is on its way): a join would be refused
         due = [k for k, t in self.retry_at.items() if t <= now]
         if not self.dirty and not due:
             return
@@ -88,6 +93,9 @@ class Multipath:
         wait = self.retry_wait.get(key, JOIN_RETRY_FIRST / 2) * 2
         self.retry_wait[key] = min(wait, JOIN_RETRY_MAX)
         self.retry_at[key] = self.conn.last_now + self.retry_wait[key]
+
+    def join_succeeded(self, sf: Subflow) -> None:
+        self.retry_wait.pop((sf.path, sf.remote_id), None)
 
     def refuse_join(self, sf: Subflow, synack_ack: int, reason: str) -> None:
         """The peer's SYN/ACK of our join failed its check: RST with MP_TCPRST, socket closed."""
@@ -124,6 +132,9 @@ class Multipath:
         sf.retiring = True
         sf.close_reset = reset
         conn.send.reinject_from(sf, closing=True)
+        # That pair gets a subflow again after a backoff (at once if its path comes back): a peer
+        # that keeps resetting one does not get a join every round trip.
+        self.join_failed(sf.path, sf.remote_id)
         self.dirty = True
         self._retire(sf)
 
@@ -220,15 +231,17 @@ class Multipath:
                     s.stale = False
                     self.conn.counters["subflows_recovered"] += 1
             return
-        latest = 0.0
+        latest = 0.0     # the last ACK progress of any subflow (an idle one does not count)
         for s in subs:
+            if s.advanced:
+                s.acked_at = now
             if s.advanced or s.outstanding <= 0 or not s.progress_at:
                 s.advanced = False
                 s.progress_at = now
                 if s.stale:
                     s.stale = False
                     self.conn.counters["subflows_recovered"] += 1
-            latest = max(latest, s.progress_at)
+            latest = max(latest, s.acked_at)
         for s in subs:
             if not s.stale and now - s.progress_at > self.stall_after(s) and latest > s.progress_at:
                 s.stale = True
@@ -246,6 +259,8 @@ class Multipath:
         if conn.closing_down():
             return None
         times = list(self.retry_at.values())
+        if self.dirty and not conn.peer_dss_seen and conn.connected_at is not None:
+            times.append(conn.connected_at + KEYS_WAIT)
         subs = [s for s in conn.subflows if s.established and not s.closed]
         if len(subs) > 1:
             times.extend(s.progress_at + self.stall_after(s) for s in subs

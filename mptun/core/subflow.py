@@ -60,7 +60,8 @@ class Subflow:
         self.peer_backup = False       # the peer's (its SYN/ACK's B bit, its MP_PRIO)
         self.prio_pending = False      # an MP_PRIO for our role change must go out on it
         self.stale = False             # made no progress while another did: not scheduled
-        self.progress_at = 0.0         # when the peer last acknowledged new bytes on it (or it started)
+        self.progress_at = 0.0         # when the peer last acknowledged new bytes on it (or it was idle)
+        self.acked_at = 0.0            # when the peer last acknowledged new bytes on it
         # From the kernel socket's TCP_INFO (the edge reports it): the scheduler's inputs.
         self.srtt = 0.0                # smoothed RTT, seconds (0: not known yet)
         self.rttvar = 0.0

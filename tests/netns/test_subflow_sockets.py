@@ -11,7 +11,8 @@ client, the lab's kernel MPTCP as the server, plain-TCP apps:
 - A destination that never answers (the router drops its SYNs): once the app gives up, mptun
   drops the connection and its subflow stops sending SYNs.
 
-About 60 s in all, most of it the 5000 connections (~25 s here) and the silent destination's waits.
+About 35-60 s in all (2 shared cores), most of it the 5000 connections (15-40 s) and the silent
+destination's waits (9 s).
 """
 
 import errno
