@@ -364,8 +364,11 @@ def cmd_status(args) -> int:
     if args.json:
         print(json.dumps(st, indent=2))
         return 0
-    paths = ", ".join(f"{p['name']} {p['addr']}" for p in st["paths"])
-    print(f"mptun up on {paths} (tun {st['tun']}, pid {st['pid']}, up {st['uptime']:.0f} s)")
+    print(f"mptun up (tun {st['tun']}, scheduler {st.get('scheduler', '?')}, pid {st['pid']}, "
+          f"up {st['uptime']:.0f} s)")
+    for p in st["paths"]:
+        state = f"usable, {p['addr']}" if p.get("usable", True) else "unusable (down or no address)"
+        print(f"  {p['name']:<10} {p.get('role', 'regular'):<8} {state}")
     conns = st["connections"]
     modes = {}
     for c in conns:
@@ -373,7 +376,10 @@ def cmd_status(args) -> int:
     print(f"connections: {len(conns)}" + (" (" + ", ".join(f"{v} {k}" for k, v in sorted(modes.items())) + ")"
                                           if conns else ""))
     for c in conns:
-        sfs = " ".join(f"{st['paths'][s['path']]['name']}:{s['port']}" for s in c["subflows"])
+        sfs = " ".join(f"{st['paths'][s['path']]['name']}:{s['port']}"
+                       f"{'' if s['established'] else '(' + s['state'] + ')'}"
+                       f"{'[backup]' if s.get('backup') else ''}{'[stalled]' if s.get('stale') else ''}"
+                       for s in c["subflows"] if not s["closed"])
         err = f"  ({c['error']})" if c["error"] else ""
         print(f"  #{c['id']:<5} {c['dst']:<22} {c['mode']:<9} {c['state']:<12} up {_size(c['bytes_from_app'])}, "
               f"down {_size(c['bytes_to_app'])}  subflows {sfs}{err}")
