@@ -97,13 +97,7 @@ class ConnIO:
             if s is None or s.fileno() < 0:
                 continue
             loop.forget(s.fileno())
-            if reset:
-                # SO_LINGER 0: close sends a RST; on a subflow the datapath adds MP_FASTCLOSE.
-                try:
-                    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                except OSError:
-                    pass
-            s.close()
+            subflowio.close(s, reset)
         self.app = None
         self.finished = True
 

@@ -37,6 +37,7 @@ def read_out(conn: Connection, sf: Subflow, s: socket.socket) -> None:
 
 
 def close(s: socket.socket, reset: bool) -> None:
+    """Close a connection's socket (a subflow's or the app's), with a RST if reset."""
     if reset:
         # SO_LINGER 0: close sends a RST (the datapath adds MP_FASTCLOSE or MP_TCPRST).
         try:
